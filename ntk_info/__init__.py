@@ -1,0 +1,46 @@
+"""ntk_info: unique information of training samples via exact leave-one-out on the linearized network.
+
+Public names are imported lazily, so ``import ntk_info`` stays fast (neural-tangents pulls in
+TensorFlow, which takes seconds); each name is loaded from its module on first use.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # dynamics: filters g and closed-form training dynamics
+    "Dynamics": "dynamics",
+    "predict": "dynamics",
+    "max_stable_lr": "dynamics",
+    # exact leave-one-out engine
+    "leave_one_out": "loo",
+    "LOOResult": "loo",
+    # scores from leave-one-out results
+    "si_isotropic": "scores",
+    "si_langevin": "scores",
+    "si_lyapunov": "scores",
+    "fsi": "scores",
+    "loo_loss": "scores",
+    # features from models
+    "projected_features": "features",
+    "exact_ntk": "features",
+    "kernel_relative_error": "features",
+    # one-call scorer
+    "score": "scorer",
+    "ScoreResult": "scorer",
+    # comparisons
+    "compare": "compare",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"ntk_info.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'ntk_info' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__ + ["__version__"]

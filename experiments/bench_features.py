@@ -1,0 +1,124 @@
+"""Benchmark: projected features Φ (K ≈ ΦΦᵀ) against the exact empirical NTK of neural-tangents.
+
+For the MLP (1 hidden layer, 1024 ReLU units) and the SI paper's CNN of ``ntk_info.models``,
+on n sklearn digits (8×8, upsampled to 28×28×1 with ``jax.image.resize``, linear; both models see
+28×28 inputs as in the paper's MNIST setting), one output, float32, CPU. Printed side by side:
+
+- wall time and peak memory of ``neural_tangents.empirical_ntk_fn`` (implementation chosen as the
+  faster of 1 = JACOBIAN_CONTRACTION and 2 = NTK_VECTOR_PRODUCTS on a first run with 100 inputs;
+  3 crashes on jax 0.4.35) for the full n × n kernel, in one block;
+- the same for ``ntk_info.projected_features`` at coords_per_layer = 500, 1000, 2000, 4000, with
+  the relative Frobenius error ||ΦΦᵀ - K||_F / ||K||_F against that exact kernel.
+
+Every measurement runs in its own subprocess; times are for the first call, compilation included
+(both methods compile once per input shape). Peak memory is the child's maximum resident set size,
+read with ``os.wait4`` (the per-child form of ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``;
+tracemalloc would not see XLA's allocations); "baseline" is a child that imports everything and
+builds model and data but computes nothing, and "extra" is peak minus baseline.
+
+Usage: ``python experiments/bench_features.py [--quick] [--n N]`` (``--quick``: n = 200).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BUDGETS = (500, 1000, 2000, 4000)
+
+
+def _data_and_model(model_name: str, n: int):
+    import jax
+    import jax.numpy as jnp
+    from sklearn.datasets import load_digits
+
+    from ntk_info.models import get_model, init_params
+
+    images = load_digits().images[:n, :, :, None] / 16.0
+    X = jax.image.resize(jnp.asarray(images, jnp.float32), (n, 28, 28, 1), "linear")
+    model = get_model(model_name, 1)
+    return model, init_params(model, (28, 28, 1), seed=0), X
+
+
+def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
+    """One measurement in a fresh process: 'baseline', 'exact:IMPL' or 'phi:BUDGET'; saves the array."""
+    import numpy as np
+
+    from ntk_info.features import exact_ntk, projected_features
+
+    model, params, X = _data_and_model(model_name, n)
+    kind, _, arg = task.partition(":")
+    start = time.perf_counter()
+    if kind == "baseline":
+        result = np.zeros(())
+    elif kind == "exact":
+        result = exact_ntk(model.apply_fn, params, X, implementation=int(arg), progress=False)[:, :, 0, 0]
+    else:
+        result = projected_features(model.apply_fn, params, X, coords_per_layer=int(arg), progress=False).phi[:, 0]
+    seconds = time.perf_counter() - start
+    np.save(out_path, result)
+    print(json.dumps({"seconds": seconds}))
+
+
+def _measure(model_name: str, task: str, n: int, out_path: str) -> dict:
+    """Run one worker subprocess; return its wall time and peak RSS (MiB) from os.wait4."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", model_name, task, str(n), out_path],
+                                stdout=stdout, stderr=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        text = stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {model_name} {task} failed (exit {proc.returncode}): {text[-2000:]}")
+    seconds = json.loads(text.strip().splitlines()[-1])["seconds"]
+    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n = 200 inputs instead of 1000")
+    parser.add_argument("--n", type=int, default=None, help="number of inputs (default 1000, --quick 200)")
+    parser.add_argument("--models", default="mlp,cnn")
+    args = parser.parse_args()
+    n = args.n or (200 if args.quick else 1000)
+
+    import numpy as np
+
+    print(f"bench_features: n = {n} digits at 28x28x1, float32, CPU; times include compilation; "
+          "memory = peak RSS of a subprocess per measurement")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in args.models.split(","):
+            path = lambda name: os.path.join(tmp, f"{model_name}_{name}.npy")  # noqa: E731
+            base = _measure(model_name, "baseline", n, path("baseline"))
+            probe = {impl: _measure(model_name, f"exact:{impl}", min(n, 100), path(f"probe{impl}"))["seconds"]
+                     for impl in (1, 2)}
+            impl = min(probe, key=probe.get)
+            exact = _measure(model_name, f"exact:{impl}", n, path("exact"))
+            kernel = np.load(path("exact")).astype(np.float64)
+            print(f"\n{model_name}: exact-NTK implementation probe on 100 inputs: "
+                  + ", ".join(f"impl {i}: {s:.1f} s" for i, s in probe.items()) + f" -> using {impl}")
+            print(f"{'method':<28}{'time [s]':>10}{'peak [MiB]':>12}{'extra [MiB]':>13}{'rel. error':>12}"
+                  f"{'speed-up':>10}")
+            print(f"{'baseline (no compute)':<28}{'':>10}{base['peak_mib']:>12.0f}{'':>13}{'':>12}{'':>10}")
+            print(f"{f'exact NTK (NT impl {impl})':<28}{exact['seconds']:>10.1f}{exact['peak_mib']:>12.0f}"
+                  f"{exact['peak_mib'] - base['peak_mib']:>13.0f}{0.0:>12.4f}{1.0:>10.2f}")
+            for budget in BUDGETS:
+                res = _measure(model_name, f"phi:{budget}", n, path(f"phi{budget}"))
+                phi = np.load(path(f"phi{budget}")).astype(np.float64)
+                err = np.linalg.norm(phi @ phi.T - kernel) / np.linalg.norm(kernel)
+                print(f"{f'projected, {budget}/leaf (p={phi.shape[1]})':<28}{res['seconds']:>10.1f}"
+                      f"{res['peak_mib']:>12.0f}{res['peak_mib'] - base['peak_mib']:>13.0f}{err:>12.4f}"
+                      f"{exact['seconds'] / res['seconds']:>10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    else:
+        main()

@@ -1,0 +1,366 @@
+"""Random-projected per-layer Jacobian features Φ with K ≈ ΦΦᵀ, and the exact empirical NTK reference.
+
+For a network ``apply_fn(params, x)`` with outputs (batch, k) and a pytree of parameters, the
+Jacobian of sample i splits into per-leaf blocks J_iℓ (k × d_ℓ). Each leaf ℓ gets its own random
+projection P_ℓ (d_ℓ × m_ℓ, m_ℓ = min(coords_per_layer, d_ℓ)) with E[P_ℓ P_ℓᵀ] = I, and
+
+    Φ_i = [J_i1 P_1, ..., J_iL P_L]    (k × p, p = Σ_ℓ m_ℓ),    E[Φ_i Φ_jᵀ] = Σ_ℓ J_iℓ J_jℓᵀ = K_ij,
+
+so ΦΦᵀ is an unbiased estimate of the empirical NTK K = JJᵀ (DESIGN.md, "Building the kernel";
+SI paper §5 projects the Jacobian to a few thousand coordinates per layer). Layers are projected
+separately because their gradient scales differ. Projections (``method``):
+
+- ``"subsample"`` (default, the paper's): m_ℓ coordinates drawn uniformly without replacement,
+  rescaled by sqrt(d_ℓ/m_ℓ) (each coordinate is kept with probability m_ℓ/d_ℓ, so unbiased).
+- ``"gaussian"`` / ``"rademacher"``: dense sketch with i.i.d. N(0, 1/m_ℓ) or ±1/sqrt(m_ℓ) entries.
+  The sketch is never stored: it is regenerated from the leaf key in chunks of rows inside jit.
+
+Leaves with d_ℓ <= coords_per_layer are kept whole (P_ℓ = I, rescale 1), which makes ΦΦᵀ = K
+exactly when the budget covers every leaf. Leaf keys are ``jax.random.fold_in(key(seed), ℓ)``.
+
+Samples are processed in batches (memory ~ batch · k · d, never n · d): a jitted function
+computes the per-sample Jacobian of one batch (``vmap(jacrev)``) and projects it at once. The
+batch axis is sharded over every device JAX sees (1-D ``Mesh`` over ``jax.devices()``; batches
+are padded to a multiple of the device count), so the result does not depend on the device count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["Projection", "Features", "projected_features", "exact_ntk", "kernel_relative_error", "METHODS"]
+
+METHODS = ("subsample", "gaussian", "rademacher")
+_SKETCH_CHUNK = 2048  # rows of a dense sketch generated at once: memory chunk · m_ℓ per leaf
+_BATCH_MEMORY_BYTES = 256 * 2**20  # per-batch Jacobian budget used to choose a default batch size
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """Projected features of ``n`` inputs: ``phi`` (n, k, p), ``outputs`` = f0 (n, k), and the projection."""
+
+    phi: np.ndarray
+    outputs: np.ndarray
+    projection: "Projection"
+    batch_size: int
+
+    @property
+    def p(self) -> int:
+        """Total number of features p = Σ_ℓ m_ℓ."""
+        return self.phi.shape[-1]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Projection:
+    """A fixed per-leaf projection of the Jacobian of ``apply_fn`` at ``params``; reuse it for new inputs.
+
+    ``features(X)`` gives Φ for any inputs with the same coordinates (or the same sketch) as the
+    training features, so cross kernels Φ_val Φᵀ are consistent. ``layer_sizes[ℓ]`` = m_ℓ,
+    ``leaf_dims[ℓ]`` = d_ℓ, ``scales[ℓ]`` = sqrt(d_ℓ/m_ℓ) for subsampled leaves (else 1),
+    ``indices[ℓ]`` the kept coordinates (subsample) or None (kept whole or dense sketch).
+    """
+
+    apply_fn: Callable
+    params: Any
+    method: str
+    coords_per_layer: int
+    seed: int
+    leaf_names: tuple[str, ...]
+    leaf_dims: tuple[int, ...]
+    layer_sizes: tuple[int, ...]
+    scales: tuple[float, ...]
+    indices: tuple[Any, ...]
+
+    @property
+    def p(self) -> int:
+        """Total number of features p = Σ_ℓ m_ℓ."""
+        return sum(self.layer_sizes)
+
+    def settings(self) -> dict:
+        """The projection's settings, for records (method, budget, seed, p and p per leaf)."""
+        return {"projection_method": self.method, "coords_per_layer": self.coords_per_layer, "seed": self.seed,
+                "p": self.p, "p_per_leaf": dict(zip(self.leaf_names, self.layer_sizes)),
+                "leaf_dims": dict(zip(self.leaf_names, self.leaf_dims))}
+
+    def _sketch_keys(self):
+        if self.method == "subsample":
+            return None
+        return jnp.stack([_leaf_key(self.seed, leaf) for leaf in range(len(self.leaf_dims))])
+
+    def features(self, inputs, *, batch_size: int | None = None, progress: bool = True) -> Features:
+        """Φ (n, k, p) and f0 (n, k) of ``inputs`` (n, ...) under this projection, in sharded batches."""
+        inputs = _check_inputs(inputs, "inputs")
+        k = _check_apply(self.apply_fn, self.params, inputs)
+        n = inputs.shape[0]
+        devices = jax.devices()
+        batch_size = _resolve_batch_size(batch_size, n, k, sum(self.leaf_dims), len(devices),
+                                         jnp.result_type(*jax.tree_util.tree_leaves(self.params)).itemsize)
+        mesh = Mesh(np.array(devices), ("batch",))
+        data_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        index_arrays = tuple(None if idx is None else jax.device_put(idx, NamedSharding(mesh, PartitionSpec()))
+                             for idx in self.indices)
+        scales = jnp.asarray(self.scales)
+        sketch_keys = self._sketch_keys()
+        phi = outputs = None
+        finite = np.ones(len(self.leaf_dims), bool)
+        starts = range(0, n, batch_size)
+        if progress and len(starts) > 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"projected features ({self.method}, p={self.p})", unit="batch")
+        for start in starts:
+            stop = min(start + batch_size, n)
+            xb = inputs[start:stop]
+            if stop - start < batch_size:  # pad with copies of the first row: one compiled shape
+                pad = jnp.broadcast_to(xb[:1], (batch_size - (stop - start), *xb.shape[1:]))
+                xb = jnp.concatenate([xb, pad])
+            phi_b, out_b, finite_b = _project_batch(
+                params, jax.device_put(xb, data_sharding), index_arrays, scales, sketch_keys,
+                apply_fn=self.apply_fn, method=self.method, layer_sizes=self.layer_sizes)
+            phi_b, out_b = np.asarray(phi_b)[: stop - start], np.asarray(out_b)[: stop - start]
+            if phi is None:
+                phi = np.empty((n, *phi_b.shape[1:]), phi_b.dtype)
+                outputs = np.empty((n, *out_b.shape[1:]), out_b.dtype)
+            phi[start:stop], outputs[start:stop] = phi_b, out_b
+            finite &= np.asarray(finite_b)
+        if not finite.all():
+            bad = [name for name, ok in zip(self.leaf_names, finite) if not ok]
+            raise ValueError(f"non-finite Jacobian (NaN or inf) for parameter leaf(s) {', '.join(bad)}: "
+                             "check params and inputs for NaN/inf, or a non-differentiable point of the model")
+        if not np.isfinite(outputs).all():
+            raise ValueError("apply_fn(params, inputs) returned NaN or inf outputs: check params and inputs")
+        return Features(phi=phi, outputs=outputs, projection=self, batch_size=batch_size)
+
+
+def _leaf_key(seed: int, leaf: int):
+    """Key of leaf ℓ: fold_in(PRNGKey(seed), ℓ) (never seed + ℓ, whose streams collide across seeds)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), leaf)
+
+
+def _single_output(apply_fn, params, x):
+    """f(x) of shape (k,) for one input x (no batch axis)."""
+    return apply_fn(params, x[None])[0]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "method", "layer_sizes"))
+def _project_batch(params, xb, indices, scales, sketch_keys, *, apply_fn, method, layer_sizes):
+    """Φ (b, k, p), f0 (b, k) and per-leaf finiteness (L,) of one batch; jitted, sample axis sharded.
+
+    Per-sample Jacobians come from vmap(jacrev) (memory b·k·d for this batch only); each leaf block
+    (b, k, d_ℓ) is projected right away: gathered and rescaled (subsample), or multiplied by a dense
+    sketch regenerated chunk by chunk from the leaf key (gaussian / rademacher).
+    """
+    single = functools.partial(_single_output, apply_fn)
+    jac = jax.vmap(jax.jacrev(single), in_axes=(None, 0))(params, xb)
+    blocks, finite = [], []
+    for leaf, (j_leaf, m) in enumerate(zip(jax.tree_util.tree_leaves(jac), layer_sizes)):
+        j_leaf = j_leaf.reshape(*j_leaf.shape[:2], -1)  # (b, k, d_ℓ)
+        finite.append(jnp.all(jnp.isfinite(j_leaf)))
+        d = j_leaf.shape[-1]
+        if m == d:
+            blocks.append(j_leaf)
+        elif method == "subsample":
+            blocks.append(j_leaf[..., indices[leaf]] * scales[leaf].astype(j_leaf.dtype))
+        else:
+            blocks.append(_sketch(j_leaf, sketch_keys[leaf], m, method))
+    outputs = apply_fn(params, xb)
+    return jnp.concatenate(blocks, axis=-1), outputs, jnp.stack(finite)
+
+
+def _sketch(j_leaf, key, m, method):
+    """J_ℓ P_ℓ for a dense sketch P_ℓ (d_ℓ × m) with E[P Pᵀ] = I, generated in row chunks (never stored)."""
+    b, k, d = j_leaf.shape
+    chunk = min(_SKETCH_CHUNK, d)
+    num_chunks = -(-d // chunk)
+    j_pad = jnp.pad(j_leaf, ((0, 0), (0, 0), (0, num_chunks * chunk - d)))  # zero rows: no contribution
+    j_chunks = jnp.moveaxis(j_pad.reshape(b, k, num_chunks, chunk), 2, 0)
+    scale = 1.0 / math.sqrt(m)
+
+    def body(acc, xs):
+        c, j_c = xs
+        chunk_key = jax.random.fold_in(key, c)
+        if method == "gaussian":
+            p_c = jax.random.normal(chunk_key, (chunk, m), j_leaf.dtype)
+        else:
+            p_c = jax.random.rademacher(chunk_key, (chunk, m), j_leaf.dtype)
+        return acc + jnp.einsum("bkc,cm->bkm", j_c, p_c) * scale, None
+
+    acc0 = jnp.zeros((b, k, m), j_leaf.dtype)
+    return jax.lax.scan(body, acc0, (jnp.arange(num_chunks), j_chunks))[0]
+
+
+def _check_inputs(inputs, name):
+    if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
+        inputs = np.asarray(inputs)
+    if inputs.ndim < 1:
+        raise ValueError(f"{name}: expected an array of shape (n, ...), got a scalar")
+    if inputs.shape[0] == 0:
+        raise ValueError(f"{name}: empty data (0 samples); pass at least one input of shape (n, ...)")
+    return jnp.asarray(inputs)
+
+
+def _check_apply(apply_fn, params, inputs) -> int:
+    """Evaluate ``apply_fn`` on one sample and return k; re-raise failures naming the cause."""
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got {type(apply_fn).__name__}")
+    try:
+        out = apply_fn(params, inputs[:1])
+    except Exception as err:  # any failure here is a params/apply_fn/input mismatch: say so
+        raise ValueError(
+            f"apply_fn(params, inputs[:1]) failed with {type(err).__name__}: {err}. Check that params were made "
+            f"by the init_fn matching apply_fn and that inputs have the shape the model expects "
+            f"(got inputs of shape {tuple(inputs.shape)})") from err
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != 2 or shape[0] != 1:
+        raise ValueError(
+            f"apply_fn: expected outputs of shape (batch, k), got shape {shape} for a batch of 1 input. "
+            "Wrap apply_fn so it returns (batch, k): e.g. out.reshape(len(x), -1) for 3-D/4-D outputs, "
+            "out[:, None] for 1-D outputs")
+    return shape[1]
+
+
+def _resolve_batch_size(batch_size, n, k, d, num_devices, itemsize):
+    """User batch size, or the largest one whose per-batch Jacobian (b·k·d) fits the memory budget;
+    rounded up to a multiple of the device count (padding handles the rest)."""
+    if batch_size is None:
+        batch_size = max(1, min(n, _BATCH_MEMORY_BYTES // max(1, 3 * k * d * itemsize)))
+    elif not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    return int(-(-int(batch_size) // num_devices) * num_devices)
+
+
+def _make_projection(apply_fn, params, *, coords_per_layer, seed, method) -> Projection:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if not isinstance(coords_per_layer, (int, np.integer)) or isinstance(coords_per_layer, bool) \
+            or coords_per_layer < 1:
+        raise ValueError(f"coords_per_layer: expected a positive int, got {coords_per_layer!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    path_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not path_leaves:
+        raise ValueError("params: no parameter leaves (empty pytree); pass the model's parameters")
+    names, dims, sizes, scales, indices = [], [], [], [], []
+    for leaf, (path, value) in enumerate(path_leaves):
+        name = jax.tree_util.keystr(path) or "params"
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(f"params leaf {name}: expected a floating-point array, got {type(value).__name__} "
+                            f"of dtype {dtype}; keep only trainable float parameters in params")
+        d = int(np.prod(np.shape(value)))
+        m = min(int(coords_per_layer), d)
+        names.append(name)
+        dims.append(d)
+        sizes.append(m)
+        if m < d and method == "subsample":
+            idx = jnp.sort(jax.random.choice(_leaf_key(seed, leaf), d, (m,), replace=False))
+            indices.append(idx)
+            scales.append(math.sqrt(d / m))
+        else:
+            indices.append(None)
+            scales.append(1.0)
+    return Projection(apply_fn=apply_fn, params=params, method=method, coords_per_layer=int(coords_per_layer),
+                      seed=int(seed), leaf_names=tuple(names), leaf_dims=tuple(dims), layer_sizes=tuple(sizes),
+                      scales=tuple(scales), indices=tuple(indices))
+
+
+def projected_features(apply_fn: Callable, params, inputs, *, coords_per_layer: int = 2000, seed: int = 0,
+                       batch_size: int | None = None, method: str = "subsample", progress: bool = True) -> Features:
+    """Projected per-layer Jacobian features Φ (n, k, p) with E[ΦΦᵀ] = K (empirical NTK), and f0 (n, k).
+
+    Φ_i = [J_iℓ P_ℓ]_ℓ with J_iℓ the (k × d_ℓ) Jacobian of leaf ℓ at ``params`` and P_ℓ a random
+    projection to m_ℓ = min(coords_per_layer, d_ℓ) coordinates: ``method="subsample"`` keeps m_ℓ
+    coordinates without replacement, rescaled by sqrt(d_ℓ/m_ℓ) (SI paper §5); ``"gaussian"`` /
+    ``"rademacher"`` use a dense sketch with entries of variance 1/m_ℓ. Leaves with
+    d_ℓ <= coords_per_layer are kept whole, so ΦΦᵀ = K exactly when the budget covers every leaf.
+    ``result.projection.features(X_val)`` reuses the same projection for new inputs.
+
+    ``batch_size`` (None: chosen so one batch's Jacobian takes ≈ 256 MiB) bounds memory; the
+    batch is sharded over ``jax.devices()``. ``apply_fn(params, x)`` must return (batch, k).
+
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: x @ w["W"]
+    >>> res = projected_features(apply_fn, {"W": jnp.ones((3, 2))}, jnp.eye(3), progress=False)
+    >>> res.phi.shape, res.outputs.shape
+    ((3, 2, 6), (3, 2))
+    """
+    inputs = _check_inputs(inputs, "inputs")
+    _check_apply(apply_fn, params, inputs)
+    projection = _make_projection(apply_fn, params, coords_per_layer=coords_per_layer, seed=seed, method=method)
+    return projection.features(inputs, batch_size=batch_size, progress=progress)
+
+
+def exact_ntk(apply_fn: Callable, params, x1, x2=None, batch_size: int | None = None, *,
+              implementation: int | None = None, progress: bool = True) -> np.ndarray:
+    """The exact empirical NTK K(x1, x2)_{ij,ab} = ⟨∂f_a(x1_i)/∂w, ∂f_b(x2_j)/∂w⟩, shape (n1, n2, k, k).
+
+    Reference for the projection, computed with
+    ``neural_tangents.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=...)``
+    block by block (``batch_size`` rows of x1 times ``batch_size`` rows of x2; None = one block).
+    ``implementation`` None picks the faster of the two that run on jax 0.4.35 (3,
+    STRUCTURED_DERIVATIVES, crashes there) from the forward cost F (XLA FLOPs for one input) and
+    the parameter count d: 2 (NTK_VECTOR_PRODUCTS, cost ~ n1·n2·F) when F <= 4·k²·d, as for MLPs
+    (measured 2x faster than 1 on the 1024-unit MLP), else 1 (JACOBIAN_CONTRACTION, cost
+    ~ (n1 + n2)·k·F + n1·n2·k²·d), as for CNNs whose weight sharing makes F ≫ d (measured 6x
+    faster than 2 on the SI paper CNN; experiments/bench_features.py probes both).
+    """
+    import neural_tangents as nt  # imported here: neural-tangents pulls in TensorFlow
+
+    x1 = _check_inputs(x1, "x1")
+    k = _check_apply(apply_fn, params, x1)
+    x2 = x1 if x2 is None else _check_inputs(x2, "x2")
+    if implementation is None:
+        implementation = _fastest_ntk_implementation(apply_fn, params, x1[:1], k)
+    if implementation not in (1, 2, 3):
+        raise ValueError(f"implementation: expected None, 1, 2 or 3 (neural-tangents NtkImplementation), "
+                         f"got {implementation!r}")
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=implementation))
+    n1, n2 = x1.shape[0], x2.shape[0]
+    bs = max(n1, n2) if batch_size is None else _resolve_batch_size(batch_size, 1, 1, 1, 1, 1)
+    blocks = [(i, j) for i in range(0, n1, bs) for j in range(0, n2, bs)]
+    if progress and len(blocks) > 1:
+        from tqdm.auto import tqdm
+
+        blocks = tqdm(blocks, desc="exact NTK blocks", unit="block")
+    kernel = None
+    for i, j in blocks:
+        block = np.asarray(ntk_fn(x1[i:i + bs], x2[j:j + bs], params))
+        if kernel is None:
+            kernel = np.empty((n1, n2, *block.shape[2:]), block.dtype)
+        kernel[i:i + bs, j:j + bs] = block
+    return kernel
+
+
+def _fastest_ntk_implementation(apply_fn, params, x_one, k) -> int:
+    """2 (NTK-vector products) if forward FLOPs per input <= 4·k²·d, else 1 (Jacobian contraction)."""
+    d = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+    try:
+        cost = jax.jit(apply_fn).lower(params, x_one).compile().cost_analysis()
+        flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    except (KeyError, TypeError, IndexError, NotImplementedError):  # no cost model on this backend
+        return 1
+    return 2 if flops <= 4 * k * k * d else 1
+
+
+def kernel_relative_error(phi, kernel) -> float:
+    """||ΦΦᵀ - K||_F / ||K||_F for features ``phi`` (n, k, p) and a kernel (n, n, k, k) (or (n, p), (n, n))."""
+    phi = np.asarray(phi)
+    kernel = np.asarray(kernel)
+    if phi.ndim == 2:
+        phi = phi[:, None, :]
+    if kernel.ndim == 2:
+        kernel = kernel[:, :, None, None]
+    n, k = phi.shape[:2]
+    if kernel.shape != (n, n, k, k):
+        raise ValueError(f"kernel: expected shape {(n, n, k, k)} to match phi of shape {phi.shape}, "
+                         f"got {kernel.shape}")
+    approx = np.einsum("iap,jbp->ijab", phi, phi)
+    return float(np.linalg.norm(approx - kernel) / np.linalg.norm(kernel))

@@ -1,0 +1,322 @@
+"""A self-contained HTML report of a results folder: figures (embedded PNGs), tables and the settings used.
+
+A results folder holds what the CLI's subcommands write (each file optional):
+
+    settings.json      settings of the run, the trust diagnostics, per-stage timings
+    scores.csv         one row per training sample: index, label, [true_label, is_noisy, is_adversarial,
+                       source, group], then one column per score (fsi, si, loo_residual, ...)
+    detection.csv      method, auroc, ap, found_top10, found_top20 (and the ``bad`` column they used)
+    summarize.csv      strategy, fraction, n_kept, accuracy
+    sources.csv        per-source/group summaries (by, group, count, mean, median, quantiles)
+    compare.csv        the method-comparison table (ntk_info.compare)
+    inputs.npz         training inputs X and image_shape, when inputs are images (for sample grids)
+
+:func:`build_report` draws histograms of scores (clean vs noisy, by source or group), grids of the
+most and least informative images, ROC curves, summarization curves, and writes ``report.html``
+plus every figure as ``figures/<name>.png``. matplotlib runs with the Agg backend.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+
+import numpy as np
+
+__all__ = ["build_report", "write_csv", "read_csv", "SCORE_LABELS"]
+
+SCORE_LABELS = {
+    "fsi": "F-SI (functional sample information)",
+    "si": "SI (weights, isotropic)",
+    "si_langevin": "SI (weights, SGD/Langevin)",
+    "loo_residual": "exact LOO residual ||Y_i - f_-i(x_i)||",
+    "influence": "influence self-score",
+    "mpe": "MPE sensitivity (logit space)",
+    "train_loss": "training loss",
+    "cleanlab": "cleanlab (1 - label quality)",
+}
+_META = ("index", "label", "true_label", "is_noisy", "is_adversarial", "source", "group")
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Write dict rows (same keys) as CSV; floats with full precision."""
+    if not rows:
+        raise ValueError(f"{path}: nothing to write (no rows)")
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path) -> list[dict]:
+    """Rows of a CSV as dicts; numeric-looking values become floats."""
+    def convert(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="") as handle:
+        return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _columns(rows):
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log_values(values):
+    """log10 of non-negative scores (a floor at the smallest positive value keeps zeros visible)."""
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[values > 0]
+    if positive.size == 0 or (values < 0).any():
+        return values, False
+    return np.log10(np.maximum(values, positive.min())), True
+
+
+def histogram_figure(values, split, title, score_name):
+    """Overlaid density histograms of ``values`` for each distinct value of ``split`` (n,)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    data, logged = _log_values(values)
+    bins = np.histogram_bin_edges(data, bins=40)
+    for g in np.unique(split):
+        sel = split == g
+        ax.hist(data[sel], bins=bins, alpha=0.55, density=True, label=f"{g} (n={int(sel.sum())})")
+    ax.set_xlabel(("log10 " if logged else "") + SCORE_LABELS.get(score_name, score_name))
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images, image_shape, captions, title, columns=10):
+    """A grid of images (m, H·W·C) with one caption each."""
+    plt = _plt()
+    m = len(images)
+    rows = max(int(np.ceil(m / columns)), 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.45 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, cap in zip(axes.ravel(), images, captions):
+        img = np.asarray(img).reshape(image_shape)
+        ax.imshow(img[..., 0] if image_shape[-1] == 1 else np.clip(img, 0, 1), cmap="gray")
+        ax.set_title(cap, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(scores: dict, is_bad, title):
+    """ROC curves (sklearn.metrics.roc_curve) of every score against the ``is_bad`` mask."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(is_bad, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(is_bad, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def summarization_figure(rows, title):
+    """Test accuracy against the fraction of training samples removed, one line per strategy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cols = _columns(rows)
+    for strategy in dict.fromkeys(cols["strategy"]):
+        sel = cols["strategy"] == strategy
+        order = np.argsort(cols["fraction"][sel].astype(float))
+        ax.plot(100 * cols["fraction"][sel].astype(float)[order], 100 * cols["accuracy"][sel].astype(float)[order],
+                marker="o", label=strategy)
+    ax.set_xlabel("training samples removed (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _table(rows, digits=4):
+    if not rows:
+        return "<p>(empty)</p>"
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
+.note{color:#555;font-size:14px}figure{margin:0.5em 0 1.5em}figcaption{font-size:13px;color:#555}"""
+
+
+class _Page:
+    def __init__(self, out_dir):
+        self.parts = []
+        self.fig_dir = os.path.join(out_dir, "figures")
+        os.makedirs(self.fig_dir, exist_ok=True)
+        self.figures = []
+
+    def heading(self, text):
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def text(self, text):
+        self.parts.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def table(self, rows):
+        self.parts.append(_table(rows))
+
+    def figure(self, name, fig, caption):
+        plt = _plt()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        png = buf.getvalue()
+        path = os.path.join(self.fig_dir, f"{name}.png")
+        with open(path, "wb") as handle:
+            handle.write(png)
+        self.figures.append(path)
+        data = base64.b64encode(png).decode("ascii")
+        self.parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _score_columns(cols):
+    return [k for k in cols if k not in _META and k != "bad"]
+
+
+def build_report(out_dir, title: str = "ntk_info report") -> str:
+    """Render ``out_dir/report.html`` (and ``out_dir/figures/*.png``) from the files in ``out_dir``; return its path."""
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir: {out_dir!r} is not a directory with results; run a subcommand first")
+    found = {name for name in os.listdir(out_dir)}
+    if not found & {"scores.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv"}:
+        raise ValueError(f"{out_dir}: no results to report (expected scores.csv, detection.csv, summarize.csv, "
+                         "sources.csv or compare.csv)")
+    page = _Page(out_dir)
+    settings = {}
+    if "settings.json" in found:
+        with open(os.path.join(out_dir, "settings.json")) as handle:
+            settings = json.load(handle)
+    page.parts.append(f"<h1>{html.escape(title)}</h1>")
+    trust = settings.get("trust")
+    if trust:
+        page.heading("Can the linearization be trusted here?")
+        page.text(trust.get("verdict", ""))
+        page.table([{k: v for k, v in trust.items() if k != "verdict"}])
+    cols = {}
+    if "scores.csv" in found:
+        cols = _columns(read_csv(os.path.join(out_dir, "scores.csv")))
+        _scores_section(page, out_dir, cols, settings)
+    if "detection.csv" in found:
+        _detection_section(page, out_dir, cols)
+    if "summarize.csv" in found:
+        rows = read_csv(os.path.join(out_dir, "summarize.csv"))
+        page.heading("Dataset summarization")
+        page.text("Test accuracy of the network retrained on what is left after removing a fraction of the training "
+                  "set: the least informative samples (bottom, once or iteratively in 5% steps with recomputed "
+                  "scores), the most informative (top), or random ones (SI paper Fig. 2c).")
+        page.figure("summarization", summarization_figure(rows, "Summarization"), "Accuracy vs. fraction removed.")
+        page.table(rows)
+    if "sources.csv" in found:
+        rows = read_csv(os.path.join(out_dir, "sources.csv"))
+        page.heading("Sources and groups")
+        page.text("Per-source (or per-group) distribution of the score; higher mean = more unique information "
+                  "per sample (SI paper Fig. 2a).")
+        page.table(rows)
+    if "compare.csv" in found:
+        page.heading("Method comparison against brute-force retraining")
+        page.table(read_csv(os.path.join(out_dir, "compare.csv")))
+    if settings:
+        page.heading("Settings")
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in settings.items()
+                if k not in ("timings", "trust")}
+        page.table([{"setting": k, "value": v} for k, v in flat.items()])
+        if settings.get("timings"):
+            page.heading("Timings")
+            page.table([{"stage": k, "seconds": float(v)} for k, v in settings["timings"].items()])
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w") as handle:
+        handle.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                     f"<style>{_CSS}</style></head><body>{''.join(page.parts)}</body></html>")
+    return path
+
+
+def _scores_section(page, out_dir, cols, settings):
+    main = "fsi" if "fsi" in cols else _score_columns(cols)[0]
+    page.heading("Scores")
+    page.text(f"{len(cols[main])} training samples. F-SI: how much the predictions on the validation set would "
+              "change without the sample; SI: how much the weights would (SI paper eq. 15, 5), computed in closed "
+              "form on the linearized network.")
+    values = cols[main].astype(float)
+    splits = []
+    if "is_noisy" in cols and len(np.unique(cols["is_noisy"])) > 1:
+        splits.append(("noise", np.where(cols["is_noisy"].astype(float) > 0, "mislabeled", "clean")))
+    if "is_adversarial" in cols and len(np.unique(cols["is_adversarial"])) > 1:
+        splits.append(("adversarial", np.where(cols["is_adversarial"].astype(float) > 0, "adversarial", "clean")))
+    for key in ("source", "group"):
+        if key in cols:
+            splits.append((key, cols[key].astype(str)))
+    if not splits:
+        splits.append(("all", np.full(values.shape, "all")))
+    for key, split in splits:
+        page.figure(f"hist_{main}_{key}", histogram_figure(values, split, f"{main} by {key}", main),
+                    f"Distribution of {SCORE_LABELS.get(main, main)}, split by {key}.")
+    inputs = os.path.join(out_dir, "inputs.npz")
+    if os.path.exists(inputs):
+        with np.load(inputs) as f:
+            X, image_shape = f["X"], tuple(int(s) for s in f["image_shape"])
+        order = np.argsort(-values, kind="stable")
+        labels = cols["label"].astype(int)
+        noisy = cols["is_noisy"].astype(float) > 0 if "is_noisy" in cols else np.zeros(values.size, bool)
+        for name, idx in (("most", order[:20]), ("least", order[::-1][:20])):
+            caps = [f"y={labels[i]}{' (noisy)' if noisy[i] else ''}" for i in idx]
+            page.figure(f"grid_{name}_informative", image_grid_figure(X[idx], image_shape, caps,
+                                                                      f"{name} informative by {main}"),
+                        f"The 20 {name} informative training samples (label shown; noisy = label was flipped).")
+
+
+def _detection_section(page, out_dir, cols):
+    rows = read_csv(os.path.join(out_dir, "detection.csv"))
+    bad_name = str(rows[0].get("bad", "is_noisy"))
+    page.heading("Detection of " + ("mislabeled" if bad_name == "is_noisy" else "adversarial") + " samples")
+    page.text("AUROC and average precision of each score as a detector (higher score = more suspicious), and the "
+              "fraction of the bad samples found by inspecting the top 10% / 20% of the ranking.")
+    page.table(rows)
+    if cols and bad_name in cols:
+        is_bad = cols[bad_name].astype(float) > 0
+        scores = {r["method"]: cols[r["method"]].astype(float) for r in rows if r["method"] in cols}
+        if scores:
+            page.figure("roc", roc_figure(scores, is_bad, f"ROC: detecting {bad_name}"), "ROC curve of every score.")

@@ -1,0 +1,216 @@
+"""One call from a model and data to per-sample SI / F-SI scores (SI paper, Harutyunyan et al. 2021).
+
+Pipeline: projected per-layer Jacobian features Φ of the training and validation inputs (one shared
+projection, ``ntk_info.features``) → residuals r = Y - f0(X) → exact leave-one-out of the
+linearized network trained with the sum loss Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||² for
+``steps`` steps of learning rate ``lr`` (``ntk_info.leave_one_out``) → scores (``ntk_info.scores``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import scores as _scores
+from .features import _check_apply, _check_inputs, projected_features
+from .loo import leave_one_out
+
+__all__ = ["score", "ScoreResult", "KERNELS", "TRACE_ROWS_THRESHOLD"]
+
+KERNELS = ("auto", "full", "trace")
+TRACE_ROWS_THRESHOLD = 4000  # kernel="auto" uses the output-averaged kernel when n·k exceeds this
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """Per-sample scores of n training samples (k outputs each) and the settings that produced them.
+
+    ``si`` (n,): ½||w - w_{-i}||²/σ² (SI paper eq. 5, isotropic); ``si_langevin`` (n,):
+    (b/(ησ²)) Δwᵀ H Δw (eq. 15); ``fsi`` (n,): ||f(X_v) - f_{-i}(X_v)||²/(2σ²m) (eq. 16–17), None
+    without X_val; ``loo_residuals`` (n, k): y_i - f_{-i}(x_i), exact on the linearized model;
+    ``self_prediction_change`` (n, k): f(x_i) - f_{-i}(x_i); ``fitted_residuals`` (n, k): y_i - f_t(x_i);
+    ``loo_loss`` (n,): ½||y_i - f_{-i}(x_i)||². ``kernel_diagonal_stats``: min/median/mean/max of
+    the projected kernel diagonal tr K_ii = ||Φ_i||² (a cheap scale check; the projection error itself
+    needs the exact NTK, see ``ntk_info.kernel_relative_error``). ``settings``: every setting and timings.
+    """
+
+    si: np.ndarray
+    si_langevin: np.ndarray
+    fsi: np.ndarray | None
+    weight_change_sq: np.ndarray
+    prediction_change_sq: np.ndarray | None
+    train_prediction_change_sq: np.ndarray
+    loo_residuals: np.ndarray
+    self_prediction_change: np.ndarray
+    fitted_residuals: np.ndarray
+    loo_loss: np.ndarray
+    outputs: np.ndarray
+    kernel_diagonal_stats: dict
+    settings: dict
+    projection: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """Per-sample arrays by name ((n,) or (n, k)); fsi / prediction_change_sq only when X_val was given."""
+        names = ["si", "si_langevin", "fsi", "weight_change_sq", "prediction_change_sq",
+                 "train_prediction_change_sq", "loo_loss", "loo_residuals", "self_prediction_change",
+                 "fitted_residuals", "outputs"]
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def _columns(self) -> dict:
+        """One 1-D column per scalar: (n, k) arrays become name_0 ... name_{k-1}."""
+        columns = {}
+        for name, value in self.to_dict().items():
+            if value.ndim == 1:
+                columns[name] = value
+            else:
+                columns.update({f"{name}_{a}": value[:, a] for a in range(value.shape[1])})
+        return columns
+
+    def to_dataframe(self):
+        """A pandas DataFrame, one row per training sample (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError("ScoreResult.to_dataframe needs pandas, which is not installed; install it with "
+                              "`pip install pandas`, or use to_dict() / to_csv()") from err
+        return pd.DataFrame(self._columns())
+
+    def to_csv(self, path) -> None:
+        """Write one row per training sample (columns as in ``to_dataframe``) to ``path``; no pandas needed."""
+        columns = self._columns()
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sample", *columns])
+            for i, row in enumerate(zip(*columns.values())):
+                writer.writerow([i, *(repr(float(v)) for v in row)])
+
+
+def _targets(Y, n, k, targets):
+    """Y as float (n, k): float targets of the output shape, or integer labels with targets='onehot'."""
+    Y = np.asarray(Y)
+    if Y.shape[:1] != (n,):
+        raise ValueError(f"Y: expected {n} targets (one per row of X), got shape {Y.shape}; X and Y must have the "
+                         "same length")
+    if targets == "onehot":
+        if Y.ndim != 1 or not np.issubdtype(Y.dtype, np.integer):
+            raise ValueError(f"Y: targets='onehot' expects integer class labels of shape (n,), got dtype {Y.dtype} "
+                             f"and shape {Y.shape}")
+        if Y.min() < 0 or Y.max() >= k:
+            raise ValueError(f"Y: class labels must lie in [0, {k}) for a model with k = {k} outputs, got "
+                             f"[{Y.min()}, {Y.max()}]")
+        return np.eye(k)[Y]
+    if targets is not None:
+        raise ValueError(f"targets: expected None (float targets) or 'onehot', got {targets!r}")
+    if not np.issubdtype(Y.dtype, np.floating):
+        raise ValueError(f"Y: expected float targets of shape (n, {k}) (the model's output shape), got dtype "
+                         f"{Y.dtype}; for integer class labels pass targets='onehot' (one-hot rows of length k), "
+                         "or convert them yourself (e.g. ±1 for one output)")
+    if Y.ndim == 1 and k == 1:
+        Y = Y[:, None]
+    if Y.shape != (n, k):
+        raise ValueError(f"Y: expected shape ({n}, {k}) to match the model's outputs (n, k), got {Y.shape}")
+    if not np.isfinite(Y).all():
+        raise ValueError("Y: contains NaN or inf")
+    return Y
+
+
+def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a number (score takes one setting; use leave_one_out for grids), "
+                         f"got {value!r}") from err
+    bad = math.isnan(value) or (math.isinf(value) and not allow_inf) or value < minimum or \
+        (strict and value == minimum)
+    if bad:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ValueError(f"{name}: expected a finite number {bound}{' or inf' if allow_inf else ''}, got {value!r}")
+    return value
+
+
+def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
+          coords_per_layer=2000, seed=0, method="subsample", batch_size=None, mode="auto", kernel="auto",
+          sigma=1.0, sgd_batch_size=None, targets=None, progress=True) -> ScoreResult:
+    """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
+
+    Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
+    (``projected_features`` with ``coords_per_layer``, ``seed``, ``method``; X and X_val share one
+    projection), trained on Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||² (λ = ``weight_decay``) for
+    ``steps`` steps of learning rate ``lr`` (gradient flow; ``discrete=True``: exact full-batch GD;
+    steps=inf: converged). Exact leave-one-out (``leave_one_out``, ``mode`` "auto"/"dual"/"primal"),
+    then si = ½||Δw||²/σ² (SI paper eq. 5), si_langevin = (b/(ησ²)) Δwᵀ(ΦᵀΦ + λI)Δw (eq. 15, b =
+    ``sgd_batch_size``, default n), fsi = ||f(X_v) - f_{-i}(X_v)||²/(2σ²m) (eq. 16–17, needs X_val).
+
+    Targets: ``Y`` float of the model's output shape (n, k) (or (n,) when k = 1); integer class
+    labels (n,) only with ``targets="onehot"`` (row i = e_{y_i} ∈ R^k).
+
+    ``kernel`` for k > 1 outputs:
+        "full"   Φ (n, k, p) as is: the full (n·k) × (n·k) NTK, rank-k removal per sample.
+        "trace"  output-averaged kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩ (neural-tangents
+                 trace_axes=(-1,)), shared by k independent outputs: features (n, k·p)/√k.
+        "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
+    """
+    t_start = time.perf_counter()
+    X = _check_inputs(X, "X")
+    n = X.shape[0]
+    k = _check_apply(apply_fn, params, X)
+    Y = _targets(Y, n, k, targets)
+    if X_val is not None:
+        X_val = _check_inputs(X_val, "X_val")
+    lr = _check_scalar(lr, "lr", strict=True)
+    steps = _check_scalar(steps, "steps", allow_inf=True, strict=True)
+    weight_decay = _check_scalar(weight_decay, "weight_decay")
+    sigma = _check_scalar(sigma, "sigma", strict=True)
+    sgd_batch_size = n if sgd_batch_size is None else int(_check_scalar(sgd_batch_size, "sgd_batch_size", strict=True))
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    kernel_used = kernel if kernel != "auto" else ("trace" if k > 1 and n * k > TRACE_ROWS_THRESHOLD else "full")
+
+    feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
+                               batch_size=batch_size, method=method, progress=progress)
+    t_features = time.perf_counter()
+    feats_val = None
+    if X_val is not None:
+        feats_val = feats.projection.features(X_val, batch_size=batch_size, progress=progress)
+    t_val = time.perf_counter()
+
+    residuals = Y - feats.outputs
+    phi, phi_val = feats.phi, None if feats_val is None else feats_val.phi
+    if kernel_used == "trace":  # ⟨Φ̃_i, Φ̃_j⟩ = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩
+        phi = phi.reshape(n, -1) / math.sqrt(k)
+        phi_val = None if phi_val is None else phi_val.reshape(phi_val.shape[0], -1) / math.sqrt(k)
+    loo = leave_one_out(features=phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
+                        discrete=discrete, cross_features=phi_val, mode=mode, progress=progress)
+    t_loo = time.perf_counter()
+
+    self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
+    fitted = np.asarray(loo.fitted_residuals).reshape(n, k)
+    loo_residuals = fitted + self_change
+    diag = np.einsum("iap,iap->i", feats.phi, feats.phi)
+    settings = {
+        **feats.projection.settings(), "feature_batch_size": feats.batch_size,
+        "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": "sum",
+        "sigma": sigma, "sgd_batch_size": sgd_batch_size, "targets": targets or "float",
+        "kernel": kernel_used, "kernel_requested": kernel, "mode_requested": mode, "mode": loo.mode,
+        "basis": loo.basis, "rank": int(loo.rank), "n": n, "k": k, "n_val": int(loo.n_val),
+        "seconds_features": t_features - t_start, "seconds_val_features": t_val - t_features,
+        "seconds_loo": t_loo - t_val, "seconds_total": time.perf_counter() - t_start,
+    }
+    return ScoreResult(
+        si=np.asarray(_scores.si_isotropic(loo, sigma)),
+        si_langevin=np.asarray(_scores.si_langevin(loo, lr=lr, batch_size=sgd_batch_size,
+                                                   weight_decay=weight_decay, sigma=sigma)),
+        fsi=None if X_val is None else np.asarray(_scores.fsi(loo, sigma)),
+        weight_change_sq=np.asarray(loo.weight_change_sq),
+        prediction_change_sq=None if X_val is None else np.asarray(loo.prediction_change_sq),
+        train_prediction_change_sq=np.asarray(loo.train_prediction_change_sq),
+        loo_residuals=loo_residuals, self_prediction_change=self_change, fitted_residuals=fitted,
+        loo_loss=0.5 * np.sum(loo_residuals ** 2, axis=1), outputs=feats.outputs,
+        kernel_diagonal_stats={"min": float(diag.min()), "median": float(np.median(diag)),
+                               "mean": float(diag.mean()), "max": float(diag.max())},
+        settings=settings, projection=feats.projection,
+    )

@@ -1,0 +1,135 @@
+"""Sample-information scores from leave-one-out results (SI paper, Harutyunyan et al. 2021).
+
+All take a ``LOOResult`` (``ntk_info.leave_one_out``) whose per-sample fields may carry leading grid
+axes (len(steps), len(weight_decay)); scores keep them. Sum-loss convention throughout:
+H = JᵀJ + λI is the Hessian of Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||².
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["si_isotropic", "si_langevin", "si_lyapunov", "fsi", "loo_loss", "LOOLoss"]
+
+
+def _positive(value, name):
+    if not np.all(np.asarray(value, dtype=float) > 0):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}.")
+    return value
+
+
+def _per_lambda(result, weight_decay):
+    """λ broadcast against per-sample fields (..., Gλ, n): a λ grid becomes a column."""
+    lam = np.asarray(result.weight_decay if weight_decay is None else weight_decay, dtype=float)
+    if np.any(lam < 0):
+        raise ValueError(f"weight_decay: expected λ ≥ 0, got {weight_decay!r}.")
+    return lam[:, None] if lam.ndim == 1 else lam
+
+
+def si_isotropic(result, sigma=1.0):
+    """SI with isotropic smoothing Σ = σ²I: ½||w - w_{-i}||²/σ² per sample (SI paper eq. 5)."""
+    _positive(sigma, "sigma")
+    return 0.5 * np.asarray(result.weight_change_sq) / sigma ** 2
+
+
+def si_langevin(result, *, batch_size, lr=None, weight_decay=None, sigma=1.0):
+    """SI of the SGD/Langevin steady state: (b/(ησ²)) Δwᵀ H Δw, H = JᵀJ + λI (SI paper eq. 15).
+
+    Δwᵀ H Δw = ||J Δw||² + λ||Δw||² = train_prediction_change_sq + λ·weight_change_sq. b =
+    ``batch_size``, η = ``lr`` (default: the result's), λ = ``weight_decay`` (default: the result's).
+    """
+    _positive(batch_size, "batch_size")
+    _positive(sigma, "sigma")
+    eta = _positive(result.lr if lr is None else lr, "lr")
+    lam = _per_lambda(result, weight_decay)
+    quad = np.asarray(result.train_prediction_change_sq) + lam * np.asarray(result.weight_change_sq)
+    return batch_size / (eta * sigma ** 2) * quad
+
+
+def fsi(result, sigma=1.0):
+    """Functional SI: ||f(X_v) - f_{-i}(X_v)||² / (2σ² m) over m validation inputs (SI paper eq. 16–17).
+
+    Squared norm as in eq. 8 and 17 (eq. 16 in the paper drops the square, a typo).
+    """
+    _positive(sigma, "sigma")
+    if result.prediction_change_sq is None or result.n_val == 0:
+        raise ValueError("result: expected a LOOResult with prediction_change_sq, got None; pass cross_kernel= or "
+                         "cross_features= (validation inputs) to leave_one_out.")
+    return np.asarray(result.prediction_change_sq) / (2.0 * sigma ** 2 * result.n_val)
+
+
+class LOOLoss(NamedTuple):
+    """per_sample (..., n): ½||y_i - f_{-i}(x_i)||²; total (...): their sum."""
+
+    per_sample: np.ndarray
+    total: np.ndarray
+
+
+def loo_loss(result) -> LOOLoss:
+    """Exact leave-one-out loss ½||y_i - f_{-i}(x_i)||², from y_i - f_{-i}(x_i) = (y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)).
+
+    Uses ``fitted_residuals`` (Y - f_t(X)) and ``self_prediction_change``; with grids this is an exact
+    LOO cross-validation curve over (steps, weight_decay).
+    """
+    loo_residual = np.asarray(result.fitted_residuals) + np.asarray(result.self_prediction_change)
+    if loo_residual.ndim == np.asarray(result.weight_change_sq).ndim + 1:  # (..., n, k)
+        per_sample = 0.5 * np.sum(loo_residual ** 2, axis=-1)
+    else:
+        per_sample = 0.5 * loo_residual ** 2
+    return LOOLoss(per_sample, per_sample.sum(axis=-1))
+
+
+def si_lyapunov(result, *, batch_size, lr=None, gradient_covariance=None, rcond=None):
+    """SI with SGD's steady-state covariance: ½ dᵀ Σ⁺ d, H Σ + Σ H = (η/b) Λ (SI paper eq. 13–14, App. C).
+
+    Λ is the covariance (1/n)Σ_i (g_i - ḡ)(g_i - ḡ)ᵀ of the per-sample loss gradients at the trained
+    weights, g_i = J_iᵀ(f_t(x_i) - y_i) + (λ/n)(w_t - w0) (the last term is common to all samples and
+    cancels). Everything lives on the span of the data: in U-coordinates (``return_coords=True``)
+    H = diag(h), h = s + λ, g_i = -Z_i e_i + (λ/n) φ(s)∘c with e_i the fitted residual, and the
+    Lyapunov equation is solved entrywise, Σ_ab = (η/b) Λ_ab / (h_a + h_b). Σ is inverted with a
+    pseudo-inverse on that span (eigenvalues ≤ rcond·max dropped; rcond default 1e-10): directions
+    without gradient noise carry no information. Independent outputs (block_size 1, q outputs) use
+    the q·r-dimensional weight vector, ordered (r, q) row-major. ``gradient_covariance`` overrides Λ
+    (U-coordinates, (r·q, r·q)); Λ = σ²I reproduces ``si_langevin``.
+    """
+    if result.weight_change_coords is None:
+        raise ValueError("result: expected a LOOResult with U-coordinates, got none; call leave_one_out(..., "
+                         "return_coords=True).")
+    _positive(batch_size, "batch_size")
+    eta = _positive(result.lr if lr is None else lr, "lr")
+    s = np.asarray(result.spectrum)
+    T = np.asarray(result.train_coords)
+    r_dim, N = T.shape
+    kb = result.block_size
+    n = N // kb
+    d_all = np.asarray(result.weight_change_coords)
+    fitted_all = np.asarray(result.fitted_residuals)
+    trained_all = np.asarray(result.trained_coords)
+    grid = np.shape(result.weight_change_sq)[:-1]  # (len(steps),)?, (len(weight_decay),)?
+    lams = np.asarray(result.weight_decay, dtype=float)
+    out = np.empty(grid + (n,))
+    for index in np.ndindex(*grid):
+        lam = float(lams[index[-1]]) if lams.ndim else float(lams)
+        d = d_all[index].reshape(n, r_dim, -1)
+        q = d.shape[-1]
+        fitted = fitted_all[index].reshape(n, kb, q)
+        trained = trained_all[index].reshape(r_dim, q)
+        if gradient_covariance is None:
+            Z = T.reshape(r_dim, n, kb).transpose(1, 0, 2)  # (n, r, kb)
+            grads = -np.einsum("nrk,nkq->nrq", Z, fitted) + (lam / n) * trained
+            centered = (grads - grads.mean(axis=0)).reshape(n, r_dim * q)
+            cov = centered.T @ centered / n
+        else:
+            cov = np.asarray(gradient_covariance, dtype=float)
+            if cov.shape != (r_dim * q, r_dim * q):
+                raise ValueError(f"gradient_covariance: expected shape ({r_dim * q}, {r_dim * q}) in U-coordinates, "
+                                 f"got {cov.shape}.")
+        h = np.repeat(s + lam, q)
+        sigma = (eta / batch_size) * cov / (h[:, None] + h[None, :])
+        ev, vec = np.linalg.eigh((sigma + sigma.T) / 2)
+        cutoff = (1e-10 if rcond is None else rcond) * max(ev.max(), 0.0)
+        inv = np.where(ev > cutoff, 1.0 / np.where(ev > cutoff, ev, 1.0), 0.0)
+        proj = d.reshape(n, r_dim * q) @ vec
+        out[index] = 0.5 * np.sum(inv * proj ** 2, axis=1)
+    return out

@@ -1,0 +1,154 @@
+"""``ntk-info`` end to end on tiny data (every subcommand), and every promised error message."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ntk_info.cli import main
+from ntk_info.report import read_csv
+
+TINY = ["--n-train", "60", "--width", "16", "--steps", "20", "--coords-per-layer", "200", "--no-progress"]
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _check_report(out_dir):
+    html = open(os.path.join(out_dir, "report.html")).read()
+    figures = os.listdir(os.path.join(out_dir, "figures"))
+    assert figures
+    for name in figures:
+        assert os.path.getsize(os.path.join(out_dir, "figures", name)) > 1000
+    assert html.count("data:image/png;base64,") == len(figures)
+    return html, figures
+
+
+def test_help_is_fast_and_names_every_subcommand():
+    exe = os.path.join(os.path.dirname(sys.executable), "ntk-info")
+    start = time.perf_counter()
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    assert time.perf_counter() - start < 2.0
+    for command in ("demo", "score", "detect", "summarize", "sources", "compare", "report"):
+        assert command in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    status, stdout, err = _run(capsys, "demo", "--out", out, *TINY, "--fractions", "0.1", "--retrain-width", "8",
+                               "--retrain-steps", "10")
+    assert status == 0, err
+    assert f"report: {os.path.abspath(out)}/report.html" in stdout
+    assert "timing (s):" in err and "total" in err and "Traceback" not in err
+    detection = read_csv(os.path.join(out, "detection.csv"))
+    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "influence", "mpe", "train_loss",
+                                                "cleanlab"}
+    for r in detection:
+        assert 0 <= r["auroc"] <= 1 and 0 <= r["ap"] <= 1
+    scores = read_csv(os.path.join(out, "scores.csv"))
+    assert len(scores) == 60 and sum(r["is_noisy"] for r in scores) == 6
+    summary = read_csv(os.path.join(out, "summarize.csv"))
+    assert {r["strategy"] for r in summary} == {"full data", "bottom", "top", "random", "bottom-iterative"}
+    html, figures = _check_report(out)
+    assert {"roc.png", "summarization.png", "hist_fsi_noise.png", "grid_most_informative.png"} <= set(figures)
+    # `report` re-renders the same folder
+    status, stdout, _ = _run(capsys, "report", out)
+    assert status == 0 and "report.html" in stdout
+
+
+def test_score_detect_adversarial_and_sources(tmp_path, capsys):
+    status, _, err = _run(capsys, "score", "--out", str(tmp_path / "s"), *TINY)
+    assert status == 0, err
+    assert len(read_csv(tmp_path / "s" / "scores.csv")) == 60
+    _check_report(tmp_path / "s")
+
+    status, stdout, err = _run(capsys, "detect", "--out", str(tmp_path / "a"), *TINY, "--noise", "0",
+                               "--adversarial", "0.1", "--eps", "0.3", "--methods", "fsi,loo_residual,train_loss")
+    assert status == 0, err
+    rows = read_csv(tmp_path / "a" / "detection.csv")
+    assert {r["bad"] for r in rows} == {"is_adversarial"} and len(rows) == 3
+    assert "roc.png" in _check_report(tmp_path / "a")[1]
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "src.npz"
+    np.savez(path, X=rng.normal(size=(80, 5)), y=np.arange(80) % 2, source=np.array(["mnist", "svhn"] * 40))
+    status, stdout, err = _run(capsys, "sources", "--data", str(path), "--out", str(tmp_path / "src"), *TINY)
+    assert status == 0, err
+    rows = read_csv(tmp_path / "src" / "sources.csv")
+    assert {r["group"] for r in rows} == {"mnist", "svhn", "(all)"}
+    assert "mnist" in stdout
+
+
+def test_summarize_with_another_architecture(tmp_path, capsys):
+    out = tmp_path / "sum"
+    status, _, err = _run(capsys, "summarize", "--out", str(out), *TINY, "--fractions", "0.2,0.4",
+                          "--retrain-model", "mlp", "--retrain-width", "8", "--retrain-steps", "10", "--by", "si")
+    assert status == 0, err
+    rows = read_csv(out / "summarize.csv")
+    assert [r["n_kept"] for r in rows if r["strategy"] == "bottom"] == [48, 36]
+    assert "summarization.png" in _check_report(out)[1]
+
+
+def test_compare(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    status, _, err = _run(capsys, "compare", "--out", str(out), *TINY, "--subset-size", "4")
+    assert status == 0, err
+    assert read_csv(out / "compare.csv")
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda p: ["--data", "mnist"], "unknown dataset 'mnist'.*valid names: digits, breast-cancer, iris, wine"),
+    (lambda p: ["--model", "transformer"], "unknown model 'transformer'; valid names: cnn, mlp, resnet"),
+    (lambda p: ["--model", "nosuchpkg.mod:make"], "cannot load factory"),
+    (lambda p: ["--data", _npz(p, X=np.zeros((4, 2)))], "missing array 'y'"),
+    (lambda p: ["--data", _npz(p, X=np.zeros((4, 2)), y=np.array([0, 1, 1]))], "'y' has 3 entries but X has 4"),
+    (lambda p: ["--data", _npz(p, X=np.array([[np.nan, 0]] * 4), y=np.array([0, 1] * 2))], "'X' contains NaN"),
+    (lambda p: ["--data", _npz(p, X=np.zeros((4, 2)), y=np.ones(4))], "single class"),
+    (lambda p: ["--noise", "1.0"], r"noise rate: expected a number in \[0, 1\)"),
+    (lambda p: ["--noise", "-0.2"], r"noise rate: expected a number in \[0, 1\)"),
+])
+def test_errors_are_one_clean_line(tmp_path, capsys, make_argv, message):
+    import re
+
+    status, out, err = _run(capsys, "score", "--out", str(tmp_path / "o"), "--n-train", "20",
+                            *make_argv(tmp_path))
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("ntk-info: error: "), err
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    status, _, err = _run(capsys, "score", "--out", str(out), *TINY)
+    assert status == 2 and f"output directory '{out}' exists and has files; pass --force" in err
+    assert sorted(os.listdir(out)) == ["keep.txt"]
+    status, _, err = _run(capsys, "report", str(tmp_path))
+    assert status == 2 and "no results to report" in err
+
+
+def test_detect_needs_something_to_detect(tmp_path, capsys):
+    status, _, err = _run(capsys, "detect", "--out", str(tmp_path / "d"), *TINY, "--noise", "0")
+    assert status == 2 and "nothing to detect" in err
+    status, _, err = _run(capsys, "detect", "--out", str(tmp_path / "e"), *TINY, "--methods", "fsi,magic")
+    assert status == 2 and "--methods: unknown ['magic']" in err
+
+
+def test_sources_needs_sources(tmp_path, capsys):
+    status, _, err = _run(capsys, "sources", "--out", str(tmp_path / "s"), *TINY)
+    assert status == 2 and "has no source or group" in err

@@ -1,0 +1,70 @@
+"""The HTML report from a synthetic results folder: every section's figure exists, is a PNG and is embedded."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from ntk_info.report import build_report, read_csv, write_csv
+
+
+def _results(tmp_path, images=True):
+    rng = np.random.default_rng(0)
+    n = 40
+    noisy = np.zeros(n, int)
+    noisy[:5] = 1
+    fsi = rng.exponential(size=n) + 3 * noisy
+    rows = [{"index": i, "label": i % 3, "true_label": i % 3, "is_noisy": int(noisy[i]), "source": "ab"[i % 2],
+             "fsi": float(fsi[i]), "si": float(fsi[i] * 2), "loo_residual": float(fsi[i] + 1),
+             "cleanlab": float(rng.uniform())} for i in range(n)]
+    write_csv(tmp_path / "scores.csv", rows)
+    write_csv(tmp_path / "detection.csv", [
+        {"method": m, "auroc": 0.9, "ap": 0.5, "found_top10": 0.4, "found_top20": 0.8, "bad": "is_noisy"}
+        for m in ("fsi", "loo_residual", "cleanlab")])
+    write_csv(tmp_path / "summarize.csv", [
+        {"strategy": s, "fraction": q, "n_kept": int(n * (1 - q)), "accuracy": 0.9 - q / 2}
+        for s in ("bottom", "top") for q in (0.1, 0.5)])
+    write_csv(tmp_path / "sources.csv", [{"by": "source", "group": "a", "count": 20, "mean": 1.0}])
+    (tmp_path / "settings.json").write_text(json.dumps({"lr": 0.1, "timings": {"scores": 1.5},
+                                                        "trust": {"verdict": "fine", "gap": 0.01}}))
+    if images:
+        np.savez(tmp_path / "inputs.npz", X=rng.uniform(size=(n, 4, 4, 1)), image_shape=np.array([4, 4, 1]))
+    return tmp_path
+
+
+def test_report_has_every_figure_embedded_and_on_disk(tmp_path):
+    path = build_report(str(_results(tmp_path)), title="test")
+    html = open(path).read()
+    figures = sorted(os.listdir(tmp_path / "figures"))
+    assert figures == sorted(["hist_fsi_noise.png", "hist_fsi_source.png", "grid_most_informative.png",
+                              "grid_least_informative.png", "roc.png", "summarization.png"])
+    for name in figures:
+        data = (tmp_path / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(embedded) == len(figures) and all(len(e) > 2000 for e in embedded)
+    for text in ("Detection of mislabeled", "Dataset summarization", "Sources and groups", "Settings", "Timings",
+                 "fine", "loo_residual"):
+        assert text in html
+
+
+def test_report_without_images_or_optional_files(tmp_path):
+    _results(tmp_path, images=False)
+    for name in ("detection.csv", "summarize.csv", "sources.csv", "settings.json"):
+        os.remove(tmp_path / name)
+    build_report(str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "figures")) == ["hist_fsi_noise.png", "hist_fsi_source.png"]
+
+
+def test_report_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(ValueError, match="no results to report"):
+        build_report(str(tmp_path))
+    with pytest.raises(ValueError, match="not a directory"):
+        build_report(str(tmp_path / "missing"))
+
+
+def test_csv_round_trip(tmp_path):
+    rows = [{"a": 1.5, "b": "x"}, {"a": -2.0, "b": "y"}]
+    write_csv(tmp_path / "t.csv", rows)
+    assert read_csv(tmp_path / "t.csv") == rows

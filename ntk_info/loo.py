@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.shard_map import shard_map
+from jax.sharding import Mesh, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ntk_info import secular
@@ -109,19 +111,21 @@ def _shapes(kernel, features, residuals, cross_kernel, cross_features):
         raise ValueError("cross_kernel: given with features=; pass cross_features= (m[, k], p) instead.")
     if kernel is not None:
         name, full = "kernel", kernel.ndim == 4
-        if kernel.ndim not in (2, 4) or kernel.shape[0] != kernel.shape[1] or (full and kernel.shape[2] != kernel.shape[3]):
+        square = kernel.ndim in (2, 4) and kernel.shape[0] == kernel.shape[1] and kernel.shape[2:3] == kernel.shape[3:]
+        if not square:
             raise ValueError(f"kernel: expected shape (n, n) or (n, n, k, k), got {kernel.shape}.")
-        n, kb = kernel.shape[0], (kernel.shape[2] if full else 1)
+        n, kb, given = kernel.shape[0], (kernel.shape[2] if full else 1), kernel.shape
     else:
         name, full = "features", features.ndim == 3
         if features.ndim not in (2, 3):
             raise ValueError(f"features: expected shape (n, p) or (n, k, p), got {features.shape}.")
-        n, kb = features.shape[0], (features.shape[1] if full else 1)
+        n, kb, given = features.shape[0], (features.shape[1] if full else 1), features.shape
     if residuals.shape[:1] != (n,) or residuals.ndim > 2:
         raise ValueError(f"residuals: expected shape (n,) or (n, k) with n = {n} from {name}, got {residuals.shape}.")
     if full:
         if residuals.shape[1:] != (kb,) and not (kb == 1 and residuals.ndim == 1):
-            raise ValueError(f"residuals: expected shape (n, k) = ({n}, {kb}) to match {name} {getattr(kernel if kernel is not None else features, 'shape')}, got {residuals.shape}.")
+            raise ValueError(f"residuals: expected shape (n, k) = ({n}, {kb}) to match {name} {given}, "
+                             f"got {residuals.shape}.")
         q = 1
     else:
         q = residuals.shape[1] if residuals.ndim == 2 else 1
@@ -151,7 +155,8 @@ def _check_spectrum(s, name):
     top = float(np.max(s)) if s.size else 0.0
     low = float(np.min(s)) if s.size else 0.0
     if top <= 0:
-        raise ValueError(f"{name}: expected a positive semi-definite kernel with a positive eigenvalue, got λmax = {top:g}.")
+        raise ValueError(f"{name}: expected a positive semi-definite kernel with a positive eigenvalue, "
+                         f"got λmax = {top:g}.")
     if low < -1e-5 * top:
         raise ValueError(f"{name}: expected a positive semi-definite kernel, got min eigenvalue {low:g} = "
                          f"{low / top:.3g}·λmax (allowed ≥ -1e-5·λmax); build it as J Jᵀ or add a jitter.")
@@ -244,13 +249,18 @@ def _downdate_sample(i, s, T, R, c, Bv, lr, steps, lams, tol, *, kb, discrete, r
     Z = jax.lax.dynamic_slice(T, (0, i * kb), (r_dim, kb))
     Ri = jax.lax.dynamic_slice(R, (i * kb, 0), (kb, q))
     dd = secular.downdate(s, Z)
-    x = c - Z @ Ri
+    y = secular.transpose_apply(dd, c - Z @ Ri)  # Qᵀ(c - Z r_i), shared by every grid point
+    grid = lambda f: jax.vmap(lambda t: jax.vmap(lambda lam: f(t, lam))(lams))(steps)
+    phi_mu = grid(lambda t, lam: _phi(dd.roots + lam, lr, t, discrete, tol))  # (Gt, Gλ, r)
+    # One application of Q to all grid points at once: columns (r, Gt·Gλ·q).
+    cols = jnp.moveaxis(phi_mu[..., None] * y, -2, 0).reshape(r_dim, -1)
+    downdated = jnp.moveaxis(secular.basis_apply(dd, cols).reshape(r_dim, *phi_mu.shape[:2], q), 0, -2)
 
-    def point(t, lam):
-        d = _phi(s + lam, lr, t, discrete, tol)[:, None] * c - secular.apply(dd, _phi(dd.roots + lam, lr, t, discrete, tol), x)
+    def point(t, lam, new):
+        d = _phi(s + lam, lr, t, discrete, tol)[:, None] * c - new
         return _measures(d, Z, s, Bv, return_coords)
 
-    return jax.vmap(lambda t: jax.vmap(lambda lam: point(t, lam))(lams))(steps)
+    return jax.vmap(lambda t, row: jax.vmap(lambda lam, new: point(t, lam, new))(lams, row))(steps, downdated)
 
 
 def _schur_dual_sample(i, s, T, Bv, V, s_all, rho, lams, *, kb, return_coords):
@@ -306,7 +316,7 @@ def _schur_primal_sample(i, s, T, R, c, Bv, lams, *, kb, return_coords):
 
 @functools.partial(jax.jit, static_argnames=("path", "kb", "return_coords"))
 def _chunk(idx, s, T, R, c, Bv, V, s_all, rho, lr, steps, lams, tol, discrete, *, path, kb, return_coords):
-    """All measures for the samples idx (vmap), shapes (chunk, Gt, Gλ, ...)."""
+    """All measures for the samples idx (len(idx) a multiple of the device count), (chunk, Gt, Gλ, ...)."""
     if path == "downdate":
         one = functools.partial(_downdate_sample, s=s, T=T, R=R, c=c, Bv=Bv, lr=lr, steps=steps, lams=lams, tol=tol,
                                 kb=kb, discrete=discrete, return_coords=return_coords)
@@ -316,7 +326,15 @@ def _chunk(idx, s, T, R, c, Bv, V, s_all, rho, lr, steps, lams, tol, discrete, *
     else:
         one = functools.partial(_schur_primal_sample, s=s, T=T, R=R, c=c, Bv=Bv, lams=lams, kb=kb,
                                 return_coords=return_coords)
-    return jax.vmap(one)(idx)
+        return jax.vmap(one)(idx)
+    if path == "schur_dual":
+        return jax.vmap(one)(idx)
+    # Downdates: samples one after another on each device (lax.map), so that every sample's
+    # root iteration stops at its own slowest root; the sample axis is split over all devices.
+    mesh = Mesh(np.array(jax.devices()), ("samples",))
+    per_device = shard_map(lambda ids: jax.lax.map(one, ids), mesh=mesh, in_specs=P("samples"),
+                           out_specs=P("samples"), check_rep=False)
+    return per_device(idx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,8 +410,9 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
     else:
         fac = _factor_primal(features, cross_features, N, dtype)
         if np.any(np.isinf(steps_grid)) and np.any(lams == 0) and fac.rank >= N:
-            raise ValueError(f"mode: 'primal' with steps=inf and weight_decay=0 needs features of rank < N, got rank "
-                             f"{fac.rank} = N = {N} (every sample interpolated, leverage 1); use mode='dual' or 'auto'.")
+            raise ValueError(f"mode: 'primal' with steps=inf and weight_decay=0 needs features of rank < N, got "
+                             f"rank {fac.rank} = N = {N} (every sample interpolated, leverage 1); use mode='dual' "
+                             "or 'auto'.")
     s, T, Bv, tol, r_dim = fac.s, fac.T, fac.Bv, fac.tol, fac.rank
     c = T @ R
     _warn_unstable(lr, discrete, float(s[-1]), weight_decay)
@@ -410,7 +429,9 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
     if chunk_size is None:
         per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
         chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
+    devices = jax.device_count()
     chunk_size = int(min(max(1, chunk_size), n))
+    chunk_size = -(-chunk_size // devices) * devices  # a multiple of the device count (padded)
     starts = range(0, n, chunk_size)
     pieces = []
     lr_j, steps_j, lams_j = jnp.asarray(lr, dtype), jnp.asarray(steps_grid, dtype), jnp.asarray(lams, dtype)

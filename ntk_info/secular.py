@@ -22,7 +22,8 @@ API (the LOO engine is written against it):
     dd = downdate(s, Z)            s: (r,) eigenvalues, Z: (r, k)
     dd.roots                       (r,) eigenvalues μ of diag(s) - Z Zᵀ
     apply(dd, fvals, x)            Q diag(fvals) Qᵀ x, fvals (r,) = f(dd.roots), x (r,) or (r, q)
-Both are pure and jit/vmap-compatible; ``downdate_dense`` is the brute-force reference.
+    transpose_apply(dd, x), basis_apply(dd, y)     Qᵀ x and Q y separately (x, y: (r, q))
+All are pure and jit/vmap-compatible; ``downdate_dense`` is the brute-force reference.
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["downdate", "downdate_dense", "apply", "SecularDowndate", "DenseDowndate"]
+__all__ = ["downdate", "downdate_dense", "apply", "transpose_apply", "basis_apply", "SecularDowndate", "DenseDowndate"]
 
 _MAX_ITERATIONS = 60  # bisection alone needs ≤ 52 halvings of a float64 bracket; typical: 3–6
+_FUSED_COLUMNS = 8  # up to this many right-hand sides, recompute reciprocals in fused passes
+_ACCEPT_STEP = 1e-12  # relative step below which a rational (quadratically convergent) step is final
 
 
 class DenseDowndate(NamedTuple):
@@ -102,20 +105,24 @@ def _inverse_gaps(factor: RankOneFactor, rows_are_roots: bool):
     return jnp.where(mask, 1.0 / jnp.where(mask, gap, 1.0), 0.0)
 
 
+def _cauchy_matvec(inv, x):
+    """inv @ x for the Cauchy reciprocals ``inv`` (fused row reductions for few columns, GEMM for many)."""
+    if x.shape[1] > _FUSED_COLUMNS:
+        return inv @ x
+    return jnp.stack(_row_reduce(inv * x[None, :, col] for col in range(x.shape[1])), axis=1)
+
+
 def _factor_transpose_apply(factor: RankOneFactor, x):
     """Qᵀ x for one rank-one factor; x (r, q): (Qᵀx)_j = ||·||⁻¹ Σ_l ẑ_l x_l / (d'_l - λ_j)."""
     y = _householder(factor, x[factor.perm])
-    inv = _inverse_gaps(factor, rows_are_roots=True)
-    weighted = factor.zhat[:, None] * y
-    sums = jnp.stack(_row_reduce(inv * weighted[None, :, c] for c in range(y.shape[1])), axis=1)
+    sums = _cauchy_matvec(_inverse_gaps(factor, rows_are_roots=True), factor.zhat[:, None] * y)
     return jnp.where(factor.active[:, None], factor.inv_norm[:, None] * sums, y)
 
 
 def _factor_apply(factor: RankOneFactor, y):
     """Q y for one rank-one factor; y (r, q): (Qy)_l = ẑ_l Σ_j ||·||_j⁻¹ y_j / (d'_l - λ_j)."""
-    inv = _inverse_gaps(factor, rows_are_roots=False)
     scaled = jnp.where(factor.active[:, None], factor.inv_norm[:, None] * y, 0.0)
-    sums = jnp.stack(_row_reduce(inv * scaled[None, :, c] for c in range(y.shape[1])), axis=1)
+    sums = _cauchy_matvec(_inverse_gaps(factor, rows_are_roots=False), scaled)
     u = jnp.where(factor.active[:, None], factor.zhat[:, None] * sums, y)
     return jnp.zeros_like(u).at[factor.perm].set(_householder(factor, u))
 
@@ -152,21 +159,21 @@ def _secular_roots(poles, z2, active, tol):
     pole_b = jnp.where(has_next, nxt_safe, index)
     two_poles = has_next | (prv >= 0)
     split = jnp.where(has_next, index, index - 1)
-    left = index[None, :] <= split[:, None]
     eps = jnp.finfo(poles.dtype).eps
 
-    def pieces(origin, tau):
-        # One pass over the r × r grid: a variadic reduction shares the reciprocal between the sums.
+    def pieces(origin, tau, split):
+        # One pass over the (rows × r) grid: a variadic reduction shares the reciprocal between the sums.
         delta = (poles[None, :] - poles[origin][:, None]) - tau[:, None]
         inv = jnp.where(active[None, :], 1.0 / jnp.where(active[None, :], delta, 1.0), 0.0)
         t = z2[None, :] * inv
         zero = jnp.zeros_like(t)
+        left = index[None, :] <= split[:, None]
         psi, total, dpsi, dtotal = _row_reduce((jnp.where(left, t, zero), t, jnp.where(left, t * inv, zero), t * inv))
         return psi, total - psi, dpsi, dtotal - dpsi
 
     # Origin: the pole nearer the root, decided by the sign of f at the interval's midpoint.
     half = 0.5 * width
-    psi, phi, _, _ = pieces(index, half)
+    psi, phi, _, _ = pieces(index, half, split)
     f_mid = 1.0 + psi + phi
     use_upper = has_next & (f_mid < 0)
     origin = jnp.where(use_upper, nxt_safe, index)
@@ -192,17 +199,18 @@ def _secular_roots(poles, z2, active, tol):
     dist_a = poles[pole_a] - poles[origin]
     dist_b = poles[pole_b] - poles[origin]
 
-    def body(state):
-        it, tau, lower, upper, done = state
-        psi, phi, dpsi, dphi = pieces(origin, tau)
+    def step(rows, tau, lower, upper, done):
+        """One safeguarded middle-way iteration for the roots ``rows`` (state arrays are per row)."""
+        psi, phi, dpsi, dphi = pieces(origin[rows], tau, split[rows])
         f = 1.0 + psi + phi
         # Keep the bracket: f increases between poles.
         upper = jnp.where(f > 0, tau, upper)
         lower = jnp.where(f < 0, tau, lower)
-        d_a = dist_a - tau
-        d_b = dist_b - tau
+        d_a = dist_a[rows] - tau
+        d_b = dist_b[rows] - tau
+        nxt_row, two_row = has_next[rows], two_poles[rows]
         # Middle way (Li 1994; LAPACK dlaed4): fit c + s/(d_a - η) + S/(d_b - η) to f and f'.
-        c = f - jnp.where(two_poles, d_a * dpsi, 0.0) - d_b * dphi
+        c = f - jnp.where(two_row, d_a * dpsi, 0.0) - d_b * dphi
         a = (d_a + d_b) * f - d_a * d_b * (dpsi + dphi)
         b = d_a * d_b * f
         disc = jnp.sqrt(jnp.abs(a * a - 4.0 * b * c))
@@ -212,8 +220,8 @@ def _secular_roots(poles, z2, active, tol):
         abs_c = jnp.where(c == 0, 1.0, jnp.abs(c))
         disc_last = jnp.sqrt(jnp.abs(a * a - 4.0 * b * jnp.abs(c)))
         quad_last = jnp.where(a >= 0, (a + disc_last) / (2.0 * abs_c), 2.0 * b / (a - disc_last))
-        eta = jnp.where(c == 0, b / a, jnp.where(has_next, quad, quad_last))
-        eta = jnp.where(two_poles, eta, d_b * f / safe_c)  # a single pole: its rational model is exact
+        eta = jnp.where(c == 0, b / a, jnp.where(nxt_row, quad, quad_last))
+        eta = jnp.where(two_row, eta, d_b * f / safe_c)  # a single pole: its rational model is exact
         newton = -f / (dpsi + dphi)
         eta = jnp.where(f * eta >= 0, newton, eta)  # the step must go against f
         proposal = tau + eta
@@ -221,18 +229,37 @@ def _secular_roots(poles, z2, active, tol):
         new_tau = jnp.where(inside, proposal, 0.5 * (lower + upper))
         scale = 1.0 + jnp.abs(psi) + jnp.abs(phi) + jnp.abs(tau) * (dpsi + dphi)
         converged = (jnp.abs(f) <= 16.0 * eps * scale) | (upper - lower <= 4.0 * eps * jnp.abs(tau))
-        converged = converged | ~active
-        stalled = jnp.abs(new_tau - tau) <= 2.0 * eps * jnp.abs(tau)
+        converged = converged | ~active[rows]
+        # A rational step this small is past the quadratic phase: its error is O(step²), so accept it.
+        settled = inside & (jnp.abs(eta) <= _ACCEPT_STEP * jnp.abs(tau))
         new_tau = jnp.where(converged | done, tau, new_tau)
-        return it + 1, new_tau, lower, upper, done | converged | stalled
+        return new_tau, lower, upper, done | converged | settled
 
-    def cond(state):
+    # Full sweeps while many roots are unconverged, then sweeps over a compacted set of at most
+    # r/8 of them, so that a few slow roots don't cost full O(r²) passes.
+    budget = max(r // 8, 1)
+
+    def full_cond(state):
         it, _, _, _, done = state
-        return (it < _MAX_ITERATIONS) & ~jnp.all(done)
+        return (it < _MAX_ITERATIONS) & (jnp.sum(~done) > budget)
 
-    _, tau, _, _, _ = jax.lax.while_loop(
-        cond, body, (0, tau, lower, upper, jnp.zeros(r, dtype=bool))
-    )
+    def full_body(state):
+        it, tau, lower, upper, done = state
+        return (it + 1, *step(index, tau, lower, upper, done))
+
+    def tail_cond(state):
+        it, _, _, _, done = state
+        return (it < 2 * _MAX_ITERATIONS) & ~jnp.all(done)
+
+    def tail_body(state):
+        it, tau, lower, upper, done = state
+        rows = jnp.nonzero(~done, size=budget, fill_value=jnp.argmax(done))[0]
+        new = step(rows, tau[rows], lower[rows], upper[rows], done[rows])
+        return (it + 1, *(full.at[rows].set(part) for full, part in zip((tau, lower, upper, done), new)))
+
+    state = (0, tau, lower, upper, ~active)
+    state = jax.lax.while_loop(full_cond, full_body, state)
+    _, tau, _, _, _ = jax.lax.while_loop(tail_cond, tail_body, state)
     origin = jnp.where(active, origin, index)
     tau = jnp.where(active, tau, 0.0)
     return origin, tau
@@ -305,14 +332,24 @@ def downdate(s, Z) -> SecularDowndate:
     return SecularDowndate(d, stacked)
 
 
+def transpose_apply(dd, x):
+    """Qᵀ x for the downdated eigenbasis Q; x (r, q)."""
+    if isinstance(dd, DenseDowndate):
+        return dd.vectors.T @ x
+    y, _ = jax.lax.scan(lambda acc, f: (_factor_transpose_apply(f, acc), None), x, dd.factors)
+    return y
+
+
+def basis_apply(dd, y):
+    """Q y for the downdated eigenbasis Q; y (r, q)."""
+    if isinstance(dd, DenseDowndate):
+        return dd.vectors @ y
+    out, _ = jax.lax.scan(lambda acc, f: (_factor_apply(f, acc), None), y, dd.factors, reverse=True)
+    return out
+
+
 def apply(dd, fvals, x):
     """Q diag(fvals) Qᵀ x for the downdated eigenbasis Q; x (r,) or (r, q)."""
-    vector = x.ndim == 1
-    x2 = x[:, None] if vector else x
-    if isinstance(dd, DenseDowndate):
-        out = dd.vectors @ (fvals[:, None] * (dd.vectors.T @ x2))
-    else:
-        y, _ = jax.lax.scan(lambda acc, f: (_factor_transpose_apply(f, acc), None), x2, dd.factors)
-        y = fvals[:, None] * y
-        out, _ = jax.lax.scan(lambda acc, f: (_factor_apply(f, acc), None), y, dd.factors, reverse=True)
-    return out[:, 0] if vector else out
+    x2 = x[:, None] if x.ndim == 1 else x
+    out = basis_apply(dd, fvals[:, None] * transpose_apply(dd, x2))
+    return out[:, 0] if x.ndim == 1 else out

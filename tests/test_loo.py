@@ -314,6 +314,7 @@ def test_error_not_psd():
 
 @pytest.mark.parametrize("arg, value, message", [
     ("lr", 0.0, "lr: expected a finite learning rate > 0"),
+    ("lr", np.array([0.1, 0.2]), "lr: expected one learning rate"),
     ("steps", -1.0, "steps: expected steps ≥ 0"),
     ("weight_decay", -0.1, "weight_decay: expected λ ≥ 0"),
 ])
@@ -361,3 +362,39 @@ def test_warns_above_stability_limit():
         warnings.simplefilter("error")
         leave_one_out(features=F, residuals=R, lr=0.99 * limit, steps=3, weight_decay=0.5, discrete=True,
                       progress=False)
+
+
+_SHARDED_SCRIPT = """
+import sys, numpy as np, jax
+jax.config.update("jax_enable_x64", True)
+from ntk_info import leave_one_out
+assert jax.device_count() == 8, jax.device_count()
+data = np.load(sys.argv[1])
+res = leave_one_out(kernel=data["K"], residuals=data["r"], cross_kernel=data["Kv"], lr=0.1,
+                    steps=np.array([3.0, 40.0]), weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
+np.savez(sys.argv[2], w=res.weight_change_sq, v=res.prediction_change_sq, s=res.self_prediction_change)
+"""
+
+
+def test_eight_devices_equal_one(tmp_path):
+    """The sample axis sharded over 8 (fake CPU) devices gives the single-device result (n = 13, padded)."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(7)
+    n, k = 13, 2
+    J = rng.standard_normal((n * k, 9))
+    K = (J @ J.T).reshape(n, k, n, k).transpose(0, 2, 1, 3)
+    Kv = (rng.standard_normal((4 * k, 9)) @ J.T).reshape(4, k, n, k).transpose(0, 2, 1, 3)
+    r = rng.standard_normal((n, k))
+    np.savez(tmp_path / "in.npz", K=K, Kv=Kv, r=r)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   env=env, check=True, capture_output=True)
+    sharded = np.load(tmp_path / "out.npz")
+    res = leave_one_out(kernel=K, residuals=r, cross_kernel=Kv, lr=0.1, steps=np.array([3.0, 40.0]),
+                        weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
+    for ours, theirs in [(res.weight_change_sq, sharded["w"]), (res.prediction_change_sq, sharded["v"]),
+                         (res.self_prediction_change, sharded["s"])]:
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-12, atol=1e-14 * np.abs(theirs).max())

@@ -4,9 +4,10 @@ For the MLP (1 hidden layer, 1024 ReLU units) and the SI paper's CNN of ``ntk_in
 on n sklearn digits (8×8, upsampled to 28×28×1 with ``jax.image.resize``, linear; both models see
 28×28 inputs as in the paper's MNIST setting), one output, float32, CPU. Printed side by side:
 
-- wall time and peak memory of ``neural_tangents.empirical_ntk_fn`` (implementation chosen as the
-  faster of 1 = JACOBIAN_CONTRACTION and 2 = NTK_VECTOR_PRODUCTS on a first run with 100 inputs;
-  3 crashes on jax 0.4.35) for the full n × n kernel, in one block;
+- wall time and peak memory of ``ntk_info.exact_ntk`` = ``neural_tangents.empirical_ntk_fn`` for the
+  full n × n kernel, in one block, with the implementation exact_ntk picks (2 = NTK_VECTOR_PRODUCTS
+  for the MLP, 1 = JACOBIAN_CONTRACTION for the CNN); with ``--check-implementations`` the other one
+  is timed too, stopped at 1.2× the default's time + 15 s (3 crashes on jax 0.4.35);
 - the same for ``ntk_info.projected_features`` at coords_per_layer = 500, 1000, 2000, 4000, with
   the relative Frobenius error ||ΦΦᵀ - K||_F / ||K||_F against that exact kernel.
 
@@ -16,7 +17,10 @@ read with ``os.wait4`` (the per-child form of ``resource.getrusage(RUSAGE_CHILDR
 tracemalloc would not see XLA's allocations); "baseline" is a child that imports everything and
 builds model and data but computes nothing, and "extra" is peak minus baseline.
 
-Usage: ``python experiments/bench_features.py [--quick] [--n N]`` (``--quick``: n = 200).
+Errors are for one projection seed (0); across seeds they scatter by about ±25 % at n = 150.
+
+Usage: ``python experiments/bench_features.py [--quick] [--n N] [--models mlp,cnn]
+[--check-implementations]`` (``--quick``: n = 200).
 """
 from __future__ import annotations
 
@@ -48,10 +52,12 @@ def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
     """One measurement in a fresh process: 'baseline', 'exact:IMPL' or 'phi:BUDGET'; saves the array."""
     import numpy as np
 
-    from ntk_info.features import exact_ntk, projected_features
+    from ntk_info.features import _fastest_ntk_implementation, exact_ntk, projected_features
 
     model, params, X = _data_and_model(model_name, n)
     kind, _, arg = task.partition(":")
+    if arg == "auto":  # the implementation exact_ntk picks by default
+        arg = str(_fastest_ntk_implementation(model.apply_fn, params, X[:1], 1))
     start = time.perf_counter()
     if kind == "baseline":
         result = np.zeros(())
@@ -61,23 +67,32 @@ def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
         result = projected_features(model.apply_fn, params, X, coords_per_layer=int(arg), progress=False).phi[:, 0]
     seconds = time.perf_counter() - start
     np.save(out_path, result)
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": seconds, "arg": arg}))
 
 
-def _measure(model_name: str, task: str, n: int, out_path: str) -> dict:
-    """Run one worker subprocess; return its wall time and peak RSS (MiB) from os.wait4."""
+def _measure(model_name: str, task: str, n: int, out_path: str, timeout: float | None = None) -> dict:
+    """Run one worker subprocess; its wall time and peak RSS (MiB) from os.wait4, or {"error": why}."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    with tempfile.TemporaryFile("w+") as stdout:
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         proc = subprocess.Popen([sys.executable, __file__, "--worker", model_name, task, str(n), out_path],
-                                stdout=stdout, stderr=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+                                stdout=stdout, stderr=stderr, env=env)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - start > timeout:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                return {"error": f"stopped after {timeout:.0f} s"}
+            time.sleep(0.2)
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
-        text = stdout.read()
+        stderr.seek(0)
+        text, errors = stdout.read(), stderr.read().strip().splitlines()
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {model_name} {task} failed (exit {proc.returncode}): {text[-2000:]}")
-    seconds = json.loads(text.strip().splitlines()[-1])["seconds"]
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+        return {"error": f"failed (exit {proc.returncode}): {errors[-1][:200] if errors else ''}"}
+    return {**json.loads(text.strip().splitlines()[-1]), "peak_mib": usage.ru_maxrss / 1024}  # ru_maxrss: KiB
 
 
 def main() -> None:
@@ -85,6 +100,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n = 200 inputs instead of 1000")
     parser.add_argument("--n", type=int, default=None, help="number of inputs (default 1000, --quick 200)")
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--check-implementations", action="store_true",
+                        help="also time the other neural-tangents implementation (adds minutes)")
     args = parser.parse_args()
     n = args.n or (200 if args.quick else 1000)
 
@@ -96,13 +113,18 @@ def main() -> None:
         for model_name in args.models.split(","):
             path = lambda name: os.path.join(tmp, f"{model_name}_{name}.npy")  # noqa: E731
             base = _measure(model_name, "baseline", n, path("baseline"))
-            probe = {impl: _measure(model_name, f"exact:{impl}", min(n, 100), path(f"probe{impl}"))["seconds"]
-                     for impl in (1, 2)}
-            impl = min(probe, key=probe.get)
-            exact = _measure(model_name, f"exact:{impl}", n, path("exact"))
+            exact = _measure(model_name, "exact:auto", n, path("exact"))
+            if "error" in exact:
+                raise RuntimeError(f"exact NTK ({model_name}): {exact['error']}")
+            impl = int(exact["arg"])
             kernel = np.load(path("exact")).astype(np.float64)
-            print(f"\n{model_name}: exact-NTK implementation probe on 100 inputs: "
-                  + ", ".join(f"impl {i}: {s:.1f} s" for i, s in probe.items()) + f" -> using {impl}")
+            line = f"\n{model_name}: exact NTK with neural-tangents implementation {impl} (exact_ntk's default)"
+            if args.check_implementations:  # the other one, stopped once clearly slower than the default
+                other, limit = 3 - impl, 1.2 * exact["seconds"] + 15
+                check = _measure(model_name, f"exact:{other}", n, path("check"), timeout=limit)
+                line += f"; implementation {other}: " + (check["error"] if "error" in check
+                                                         else f"{check['seconds']:.1f} s")
+            print(line)
             print(f"{'method':<28}{'time [s]':>10}{'peak [MiB]':>12}{'extra [MiB]':>13}{'rel. error':>12}"
                   f"{'speed-up':>10}")
             print(f"{'baseline (no compute)':<28}{'':>10}{base['peak_mib']:>12.0f}{'':>13}{'':>12}{'':>10}")
@@ -110,6 +132,8 @@ def main() -> None:
                   f"{exact['peak_mib'] - base['peak_mib']:>13.0f}{0.0:>12.4f}{1.0:>10.2f}")
             for budget in BUDGETS:
                 res = _measure(model_name, f"phi:{budget}", n, path(f"phi{budget}"))
+                if "error" in res:
+                    raise RuntimeError(f"projected features ({model_name}, {budget}): {res['error']}")
                 phi = np.load(path(f"phi{budget}")).astype(np.float64)
                 err = np.linalg.norm(phi @ phi.T - kernel) / np.linalg.norm(kernel)
                 print(f"{f'projected, {budget}/leaf (p={phi.shape[1]})':<28}{res['seconds']:>10.1f}"

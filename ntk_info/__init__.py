@@ -29,7 +29,7 @@ _EXPORTS = {
     "score": "scorer",
     "ScoreResult": "scorer",
     # comparisons
-    "compare": "compare",
+    "compare": "comparison",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -67,7 +67,7 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name):
-        if not self.quiet:
+        if not self.quiet and name not in self.times:  # repeated stages (rescoring) are announced once
             print(f"[{name}] ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         yield
@@ -171,7 +171,7 @@ class Run:
             self.model = get_model(args.model, ds.num_classes, **kwargs)
             self.params0 = init_params(self.model, ds.X.shape[1:], seed=args.seed)
         self.Y = targets(self.labels, ds.num_classes)
-        self.lr = args.lr if args.lr is not None else self._auto_lr()
+        self.lr = args.lr if args.lr is not None else self.auto_lr(self.model, self.params0)
         self.steps = args.steps
         self.weight_decay = args.weight_decay
         self.damping = args.weight_decay if args.weight_decay > 0 else 1.0 / (self.lr * self.steps)
@@ -188,16 +188,16 @@ class Run:
         self._trained = None
         np.random.seed(args.seed)
 
-    def _auto_lr(self):
+    def auto_lr(self, model, params0):
         """η = 1/λ_max of the NTK at init (sum loss; GD is stable for η·λ_max < 2), by power iteration."""
         import jax
         import jax.numpy as jnp
         from jax.flatten_util import ravel_pytree
 
         with self.stages("estimate lr"):
-            flat, unravel = ravel_pytree(self.params0)
+            flat, unravel = ravel_pytree(params0)
             X = jnp.asarray(self.X)
-            f = lambda w: self.model.apply_fn(unravel(w), X)  # noqa: E731
+            f = lambda w: model.apply_fn(unravel(w), X)  # noqa: E731
             _, jvp = jax.linearize(f, flat)
             vjp = jax.linear_transpose(jvp, flat)
             gnh = jax.jit(lambda v: vjp(jvp(v))[0])
@@ -218,16 +218,52 @@ class Run:
                                       weight_decay=self.weight_decay)
         return self._trained
 
-    def score(self, keep=None, stage="scores (F-SI, SI, LOO)"):
-        """ntk_info.score on the training samples ``keep`` (all by default), kernel averaged over outputs."""
+    def score(self):
+        """ntk_info.score on the training samples, kernel averaged over outputs (trace kernel)."""
         import ntk_info
 
-        X, Y = (self.X, self.Y) if keep is None else (self.X[keep], self.Y[keep])
-        with self.stages(stage):
-            return ntk_info.score(self.model.apply_fn, self.params0, X, Y, self.X_val, lr=self.lr, steps=self.steps,
+        with self.stages("scores (F-SI, SI, LOO)"):
+            return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.X_val, lr=self.lr, steps=self.steps,
                                   weight_decay=self.weight_decay, discrete=True,
                                   coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
-                                  kernel="trace", progress=False)
+                                  kernel="trace", progress=self.progress)
+
+    def subset_scorer(self, by):
+        """score_fn(kept) for iterative removal: features are computed once (they do not depend on which
+        samples are kept), then exact LOO on the kept rows only (the same trace kernel as ``score``)."""
+        import numpy as np
+
+        import ntk_info
+        from ntk_info import scores as score_mod
+
+        with self.stages("features for rescoring"):
+            feats = ntk_info.projected_features(self.model.apply_fn, self.params0, self.X,
+                                                coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
+                                                progress=False)
+            val = feats.projection.features(self.X_val, progress=False)
+            n, k = feats.outputs.shape
+            # trace kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩, formed once; each rescoring takes its kept block
+            phi = np.asarray(feats.phi).reshape(n, -1)
+            kernel = phi @ phi.T / k
+            cross = np.asarray(val.phi).reshape(val.phi.shape[0], -1) @ phi.T / k
+            del phi
+        residuals = self.Y - np.asarray(feats.outputs)
+
+        def score_fn(kept):
+            with self.stages("rescoring (iterative)"):
+                loo = ntk_info.leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], lr=self.lr,
+                                             steps=self.steps, weight_decay=self.weight_decay, discrete=True,
+                                             cross_kernel=cross[:, kept], progress=False)
+            if by == "fsi":
+                return np.asarray(score_mod.fsi(loo))
+            if by == "si":
+                return np.asarray(score_mod.si_isotropic(loo))
+            # Y_i - f_{-i}(x_i) = (Y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)), as in ntk_info.score
+            loo_res = (np.asarray(loo.fitted_residuals).reshape(kept.size, k)
+                       + np.asarray(loo.self_prediction_change).reshape(kept.size, k))
+            return np.linalg.norm(loo_res, axis=1)
+
+        return score_fn
 
     def sample_rows(self, result, extra=None):
         """Per-sample rows for scores.csv."""
@@ -399,11 +435,7 @@ def _summarize(run, result):
     for strategy in ("bottom", "top", "random"):
         blocks.append((strategy, keep_masks(scores, fractions, strategy, seed=args.seed), fractions))
     if args.iterative:
-        def score_fn(kept):
-            res = run.score(kept, stage="rescoring (iterative)")
-            return np.asarray(getattr(res, args.by)) if args.by != "loo_residual" else \
-                np.linalg.norm(np.asarray(res.loo_residuals).reshape(kept.size, -1), axis=1)
-
+        score_fn = run.subset_scorer(args.by)
         blocks.append(("bottom-iterative", iterative_keep_masks(score_fn, run.X.shape[0], fractions,
                                                                 progress=run.progress), fractions))
     masks = np.concatenate([b[1] for b in blocks])
@@ -412,8 +444,9 @@ def _summarize(run, result):
     model = get_model(retrain_name, run.ds.num_classes, **kwargs)
     params0 = init_params(model, run.X.shape[1:], seed=args.seed + 1)
     steps = args.retrain_steps or run.steps
+    lr = args.lr if args.lr is not None else run.auto_lr(model, params0)
     with run.stages(f"retrain {masks.shape[0]} subsets"):
-        acc = retrain_accuracy(model.apply_fn, params0, run.X, run.Y, masks, run.X_test, run.y_test, lr=run.lr,
+        acc = retrain_accuracy(model.apply_fn, params0, run.X, run.Y, masks, run.X_test, run.y_test, lr=lr,
                                steps=steps, weight_decay=run.weight_decay, progress=run.progress)
     rows, j = [], 0
     for strategy, block, fr in blocks:
@@ -423,7 +456,7 @@ def _summarize(run, result):
             j += 1
     _write(run, "summarize.csv", rows)
     return {"summarize_by": args.by, "retrain_model": retrain_name, "retrain_width": args.retrain_width,
-            "retrain_steps": steps, "retrain_lr": run.lr, "accuracy_on": "test half of the held-out split"}
+            "retrain_steps": steps, "retrain_lr": lr, "accuracy_on": "test half of the held-out split"}
 
 
 def _summarize_cmd(args, stages):
@@ -464,7 +497,8 @@ def _compare_cmd(args, stages):
         table = ntk_info.compare(run.model.apply_fn, run.params0, run.X, run.Y, run.X_val,
                                  targets(run.y_val, run.ds.num_classes), lr=run.lr, steps=run.steps,
                                  weight_decay=run.weight_decay, subset_size=args.subset_size,
-                                 coords_per_layer=args.coords_per_layer, seed=args.seed, progress=run.progress)
+                                 coords_per_layer=args.coords_per_layer, seed=args.seed, progress=run.progress,
+                                 **({"methods": tuple(args.compare_methods.split(","))} if args.compare_methods else {}))
     rows = []
     for r in table.rows:
         row = {"method": r.method, "seconds": float(r.seconds)}
@@ -591,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=formatter)
     _common(p)
     p.add_argument("--subset-size", type=int, default=20, help="samples retrained without (default: 20)")
+    p.add_argument("--compare-methods", help="comma-separated subset of linearization, influence_exact, "
+                   "influence_lissa, mpe (default: all)")
     p.set_defaults(func=_compare_cmd)
 
     p = sub.add_parser("report", help="re-render report.html from a results directory", formatter_class=formatter)

@@ -51,7 +51,8 @@ def filter_values(u, *, lr, steps, discrete=False):
         # η u ≥ 1: (1 - η u)^t = sign · |1 - η u|^t with sign = (-1)^t (t an integer).
         gap = jnp.abs(1.0 - jnp.where(below, 2.0, x))
         sign = jnp.where(jnp.mod(t, 2.0) == 0.0, 1.0, -1.0)
-        power = jnp.where(gap == 0.0, jnp.where(t == 0.0, 1.0, 0.0), sign * jnp.exp(t * jnp.log(jnp.where(gap == 0.0, 1.0, gap))))
+        magnitude = jnp.exp(t * jnp.log(jnp.where(gap == 0.0, 1.0, gap)))
+        power = jnp.where(gap == 0.0, jnp.where(t == 0.0, 1.0, 0.0), sign * magnitude)  # 0^0 = 1
         finite = jnp.where(below, finite, 1.0 - power) / safe_u
     else:
         finite = -jnp.expm1(-t * x) / safe_u

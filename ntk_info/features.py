@@ -234,7 +234,7 @@ def _resolve_batch_size(batch_size, n, k, d, num_devices, itemsize):
         batch_size = max(1, min(n, _BATCH_MEMORY_BYTES // max(1, 3 * k * d * itemsize)))
     elif not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-    return int(-(-int(batch_size) // num_devices) * num_devices)
+    return int(-(-min(int(batch_size), n) // num_devices) * num_devices)
 
 
 def _make_projection(apply_fn, params, *, coords_per_layer, seed, method) -> Projection:
@@ -324,7 +324,7 @@ def exact_ntk(apply_fn: Callable, params, x1, x2=None, batch_size: int | None = 
                          f"got {implementation!r}")
     ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=implementation))
     n1, n2 = x1.shape[0], x2.shape[0]
-    bs = max(n1, n2) if batch_size is None else _resolve_batch_size(batch_size, 1, 1, 1, 1, 1)
+    bs = max(n1, n2) if batch_size is None else _resolve_batch_size(batch_size, max(n1, n2), 1, 1, 1, 1)
     blocks = [(i, j) for i in range(0, n1, bs) for j in range(0, n2, bs)]
     if progress and len(blocks) > 1:
         from tqdm.auto import tqdm

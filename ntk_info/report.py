@@ -123,19 +123,24 @@ def image_grid_figure(images, image_shape, captions, title, columns=10):
 
 
 def roc_figure(scores: dict, is_bad, title):
-    """ROC curves (sklearn.metrics.roc_curve) of every score against the ``is_bad`` mask."""
+    """ROC curves (sklearn.metrics.roc_curve) of every score against ``is_bad``: full range and a zoom on FPR <= 0.1."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, s in scores.items():
         fpr, tpr, _ = roc_curve(is_bad, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(is_bad, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+        for ax in axes:
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(is_bad, s):.3f})")
+    axes[0].plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+    axes[1].set_xlim(0, 0.1)
+    axes[1].set_ylim(0.5, 1.01)
+    for ax, sub in zip(axes, ("", " (zoom: FPR <= 0.1)")):
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title + sub)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -294,6 +299,11 @@ def _scores_section(page, out_dir, cols, settings):
     for key, split in splits:
         page.figure(f"hist_{main}_{key}", histogram_figure(values, split, f"{main} by {key}", main),
                     f"Distribution of {SCORE_LABELS.get(main, main)}, split by {key}.")
+    if "loo_residual" in cols and main != "loo_residual" and splits[0][0] in ("noise", "adversarial"):
+        key, split = splits[0]
+        page.figure(f"hist_loo_residual_{key}", histogram_figure(cols["loo_residual"].astype(float), split,
+                                                                 f"loo_residual by {key}", "loo_residual"),
+                    f"Distribution of {SCORE_LABELS['loo_residual']}, split by {key}.")
     inputs = os.path.join(out_dir, "inputs.npz")
     if os.path.exists(inputs):
         with np.load(inputs) as f:
@@ -301,11 +311,13 @@ def _scores_section(page, out_dir, cols, settings):
         order = np.argsort(-values, kind="stable")
         labels = cols["label"].astype(int)
         noisy = cols["is_noisy"].astype(float) > 0 if "is_noisy" in cols else np.zeros(values.size, bool)
+        true = cols["true_label"].astype(int) if "true_label" in cols else labels
         for name, idx in (("most", order[:20]), ("least", order[::-1][:20])):
-            caps = [f"y={labels[i]}{' (noisy)' if noisy[i] else ''}" for i in idx]
+            caps = [f"y={labels[i]}" + (f" (true {true[i]})" if noisy[i] else "") for i in idx]
             page.figure(f"grid_{name}_informative", image_grid_figure(X[idx], image_shape, caps,
                                                                       f"{name} informative by {main}"),
-                        f"The 20 {name} informative training samples (label shown; noisy = label was flipped).")
+                        f"The 20 {name} informative training samples (training label; '(true c)' marks a "
+                        "flipped label and its true class).")
 
 
 def _detection_section(page, out_dir, cols):

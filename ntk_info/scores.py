@@ -67,7 +67,9 @@ class LOOLoss(NamedTuple):
 
 
 def loo_loss(result) -> LOOLoss:
-    """Exact leave-one-out loss ½||y_i - f_{-i}(x_i)||², from y_i - f_{-i}(x_i) = (y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)).
+    """Exact leave-one-out loss ½||y_i - f_{-i}(x_i)||² per sample, and its total.
+
+    y_i - f_{-i}(x_i) = (y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)).
 
     Uses ``fitted_residuals`` (Y - f_t(X)) and ``self_prediction_change``; with grids this is an exact
     LOO cross-validation curve over (steps, weight_decay).

@@ -118,3 +118,27 @@ def test_subset_validation():
             brute_force_loo(model.apply_fn, p0, X, Y, lr=0.1, steps=1, subset=bad, progress=False)
     with pytest.raises(ValueError, match="X_val"):
         brute_force_loo(model.apply_fn, p0, X, Y, lr=0.1, steps=1, X_val=np.ones((2, 7)), progress=False)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_brute_force_on_linearized_network_equals_leave_one_out(lam):
+    """The package's closed-form engine (ntk_info.leave_one_out, discrete GD) is exact LOO retraining."""
+    from ntk_info.loo import leave_one_out
+
+    model, p0, X, Y, X_val = _problem(4)
+    n, k, m = 10, 2, 5
+    J = _jacobian(model.apply_fn, p0, X).reshape(n, k, -1)
+    J_val = _jacobian(model.apply_fn, p0, X_val).reshape(m, k, -1)
+    kernel = np.einsum("iap,jbp->ijab", J, J)
+    cross = np.einsum("iap,jbp->ijab", J_val, J)
+    r = Y - np.asarray(model.apply_fn(p0, X))
+    lr, steps = 1.0 / (np.linalg.eigvalsh(kernel.transpose(0, 2, 1, 3).reshape(n * k, -1)).max() + lam), 45
+    loo = leave_one_out(kernel, residuals=r, lr=lr, steps=steps, weight_decay=lam, discrete=True,
+                        cross_kernel=cross, progress=False)
+    res = brute_force_loo(_linearized(model.apply_fn, p0), p0, X, Y, lr=lr, steps=steps, weight_decay=lam,
+                          X_val=X_val, progress=False)
+    np.testing.assert_allclose(res.weight_change_sq, loo.weight_change_sq, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(res.prediction_change_sq, loo.prediction_change_sq, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(res.self_prediction_change, loo.self_prediction_change, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(res.train_prediction_change_sq, loo.train_prediction_change_sq, rtol=1e-8,
+                               atol=1e-14)

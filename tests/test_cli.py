@@ -97,9 +97,13 @@ def test_summarize_with_another_architecture(tmp_path, capsys):
 
 def test_compare(tmp_path, capsys):
     out = tmp_path / "cmp"
-    status, _, err = _run(capsys, "compare", "--out", str(out), *TINY, "--subset-size", "4")
+    status, _, err = _run(capsys, "compare", "--out", str(out), "--n-train", "20", "--width", "8", "--steps", "5",
+                          "--coords-per-layer", "50", "--no-progress", "--subset-size", "2",
+                          "--compare-methods", "linearization,influence_exact")
     assert status == 0, err
-    assert read_csv(out / "compare.csv")
+    rows = read_csv(out / "compare.csv")
+    assert [r["method"] for r in rows] == ["linearization", "influence_exact", "brute force (retraining)"]
+    assert -1 <= rows[0]["pearson_weights"] <= 1
 
 
 def _npz(tmp_path, **arrays):

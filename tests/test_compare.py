@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ntk_info.compare import compare, correlations
+from ntk_info.comparison import compare, correlations
 from ntk_info.models import init_params, mlp
 from ntk_info.training import targets
 

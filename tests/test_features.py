@@ -123,35 +123,47 @@ def test_plain_function_with_nested_pytree():
     assert res.projection.leaf_names == ("['bias']", "['layers'][0]", "['layers'][1]")
 
 
-def test_sharded_eight_devices_equals_one(problem, tmp_path):
-    """The sample axis sharded over 8 fake CPU devices gives the 1-device result (subprocess, XLA_FLAGS first)."""
-    apply_fn, params, X, _, _ = problem
+PLAIN_MLP = textwrap.dedent("""
+    import jax.numpy as jnp
+    import numpy as np
+
+    def plain_mlp(p, x):
+        return jnp.tanh(x @ p["W1"] + p["b1"]) @ p["W2"]
+
+    def plain_params():
+        rng = np.random.default_rng(7)
+        return {"W1": rng.normal(size=(4, 16)), "b1": rng.normal(size=(16,)), "W2": rng.normal(size=(16, 2))}
+""")
+
+
+def test_sharded_eight_devices_equals_one(tmp_path):
+    """The sample axis sharded over 8 fake CPU devices gives the 1-device result (subprocess, XLA_FLAGS first).
+
+    A plain-JAX model keeps TensorFlow (neural-tangents) out of the subprocess."""
+    namespace = {}
+    exec(PLAIN_MLP, namespace)
+    X = np.random.default_rng(3).normal(size=(N + 1, 4))
     ref = {}
     for method in ("subsample", "gaussian"):
-        res = projected_features(apply_fn, params, X, coords_per_layer=10, seed=5, method=method, batch_size=5,
-                                 progress=False)
+        res = projected_features(namespace["plain_mlp"], namespace["plain_params"](), X, coords_per_layer=10, seed=5,
+                                 method=method, batch_size=5, progress=False)
         ref[f"{method}_phi"], ref[f"{method}_out"] = res.phi, res.outputs
     np.savez(tmp_path / "ref.npz", X=X, **ref)
-    script = textwrap.dedent(f"""
+    script = PLAIN_MLP + textwrap.dedent(f"""
         import jax
         jax.config.update("jax_enable_x64", True)
-        import numpy as np
         from ntk_info.features import projected_features
-        from ntk_info.models import get_model, init_params
         assert len(jax.devices()) == 8, jax.devices()
         ref = np.load({str(tmp_path / "ref.npz")!r})
-        model = get_model("mlp", {K_OUT}, width={WIDTH})
-        params = init_params(model, ({D_IN},), seed=1)
         for method in ("subsample", "gaussian"):
-            res = projected_features(model.apply_fn, params, ref["X"], coords_per_layer=10, seed=5, method=method,
-                                     batch_size=5, progress=False)
+            res = projected_features(plain_mlp, plain_params(), ref["X"], coords_per_layer=10, seed=5,
+                                     method=method, batch_size=5, progress=False)
             assert res.batch_size == 8, res.batch_size  # padded to a multiple of the device count
             np.testing.assert_allclose(res.phi, ref[method + "_phi"], rtol=1e-12, atol=1e-14)
             np.testing.assert_allclose(res.outputs, ref[method + "_out"], rtol=1e-12, atol=1e-14)
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
@@ -181,3 +193,13 @@ def test_errors(problem):
         projected_features(lambda p, x: x @ p["W"] * 1.0, {"W": np.ones((D_IN, 1), int)}, X, progress=False)
     with pytest.raises(ValueError, match="kernel: expected shape"):
         kernel_relative_error(np.ones((3, 1, 4)), np.ones((3, 3)).reshape(3, 3, 1, 1)[:2])
+
+
+def test_exact_ntk_implementation_choice():
+    """Auto choice: NTK-vector products (2) for a dense MLP, Jacobian contraction (1) for a conv net (F ≫ d)."""
+    from ntk_info.features import _fastest_ntk_implementation
+
+    for name, shape, expected in (("mlp", (D_IN,), 2), ("resnet", (6, 6, 1), 1)):
+        model = get_model(name, 1, **({"width": WIDTH} if name == "mlp" else {"channels": 4, "blocks": 1}))
+        params = init_params(model, shape, seed=0)
+        assert _fastest_ntk_implementation(model.apply_fn, params, np.ones((1, *shape)), 1) == expected

@@ -37,7 +37,8 @@ def test_report_has_every_figure_embedded_and_on_disk(tmp_path):
     path = build_report(str(_results(tmp_path)), title="test")
     html = open(path).read()
     figures = sorted(os.listdir(tmp_path / "figures"))
-    assert figures == sorted(["hist_fsi_noise.png", "hist_fsi_source.png", "grid_most_informative.png",
+    assert figures == sorted(["hist_fsi_noise.png", "hist_fsi_source.png", "hist_loo_residual_noise.png",
+                              "grid_most_informative.png",
                               "grid_least_informative.png", "roc.png", "summarization.png"])
     for name in figures:
         data = (tmp_path / "figures" / name).read_bytes()
@@ -54,7 +55,8 @@ def test_report_without_images_or_optional_files(tmp_path):
     for name in ("detection.csv", "summarize.csv", "sources.csv", "settings.json"):
         os.remove(tmp_path / name)
     build_report(str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "figures")) == ["hist_fsi_noise.png", "hist_fsi_source.png"]
+    assert sorted(os.listdir(tmp_path / "figures")) == ["hist_fsi_noise.png", "hist_fsi_source.png",
+                                                        "hist_loo_residual_noise.png"]
 
 
 def test_report_refuses_an_empty_folder(tmp_path):

@@ -122,7 +122,8 @@ def _influence(method):
 
         kw = {}
         if method == "lissa":
-            kw = dict(lissa_depth=opts["lissa_depth"], lissa_scale=opts["lissa_scale"], seed=opts["seed"])
+            kw = dict(lissa_depth=opts["lissa_depth"], lissa_scale=opts["lissa_scale"],
+                      lissa_batch_size=opts["lissa_batch_size"], seed=opts["seed"])
         res = influence(apply_fn, trained, X, Y, weight_decay=weight_decay, damping=opts["damping"], X_val=X_val,
                         Y_val=Y_val, subset=subset, method=method, **kw)
         return {"weights": np.asarray(res.weight_change_sq), "predictions": np.asarray(res.prediction_change_sq),
@@ -145,7 +146,7 @@ _RUNNERS = {"linearization": _linearization, "influence_exact": _influence("exac
 def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, steps: int,
             weight_decay: float = 0.0, subset_size: int = 50, subset=None, methods=METHODS,
             coords_per_layer: int = 2000, damping: float | None = None, lissa_depth: int = 1000,
-            lissa_scale: float | None = None, chunk_size: int = 1, seed: int = 0,
+            lissa_scale: float | None = None, lissa_batch_size: int | None = None, chunk_size: int = 1, seed: int = 0,
             progress: bool = True) -> CompareTable:
     """All LOO estimates for one model and data set, against brute-force retraining on a subset.
 
@@ -154,7 +155,8 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     ``subset`` (default: ``subset_size`` samples drawn with ``seed``), cold start. Each method in
     ``methods`` (see :data:`METHODS` and the module docstring) is timed end to end (features, solves),
     excluding the shared training run. ``damping`` (default 0.01 if λ = 0 else 0, SI paper Table 2)
-    is added to λ for influence functions and MPE; ``lissa_scale`` None is LiSSA's automatic scale.
+    is added to λ for influence functions and MPE; ``lissa_scale`` None is LiSSA's automatic scale;
+    ``lissa_batch_size`` None uses the full GNH in every LiSSA recursion, b a minibatch estimate.
     ``chunk_size`` removals are vmapped per brute-force call (1 is fastest on CPU).
     """
     unknown = [m for m in methods if m not in _RUNNERS]
@@ -176,7 +178,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     truth = {"weights": brute.weight_change_sq, "predictions": brute.prediction_change_sq,
              "self": _sq_rows(brute.self_prediction_change)}
     opts = dict(coords_per_layer=coords_per_layer, seed=seed, damping=damping, lissa_depth=lissa_depth,
-                lissa_scale=lissa_scale)
+                lissa_scale=lissa_scale, lissa_batch_size=lissa_batch_size)
     rows = []
     for method in methods:
         t0 = time.perf_counter()
@@ -188,5 +190,5 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
                                seconds, est))
     settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, damping=damping, subset_size=int(subset.size),
                     coords_per_layer=coords_per_layer, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                    seed=seed, n=n)
+                    lissa_batch_size=lissa_batch_size, seed=seed, n=n)
     return CompareTable(rows, brute, brute_seconds, settings)

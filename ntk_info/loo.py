@@ -34,8 +34,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.shard_map import shard_map
-from jax.sharding import Mesh, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ntk_info import secular
@@ -315,26 +313,29 @@ def _schur_primal_sample(i, s, T, R, c, Bv, lams, *, kb, return_coords):
 
 
 @functools.partial(jax.jit, static_argnames=("path", "kb", "return_coords"))
-def _chunk(idx, s, T, R, c, Bv, V, s_all, rho, lr, steps, lams, tol, discrete, *, path, kb, return_coords):
-    """All measures for the samples idx (len(idx) a multiple of the device count), (chunk, Gt, Gλ, ...)."""
-    if path == "downdate":
-        one = functools.partial(_downdate_sample, s=s, T=T, R=R, c=c, Bv=Bv, lr=lr, steps=steps, lams=lams, tol=tol,
-                                kb=kb, discrete=discrete, return_coords=return_coords)
-    elif path == "schur_dual":
+def _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams, *, path, kb, return_coords):
+    """t = ∞: all measures for the samples idx, vmapped, (chunk, 1, Gλ, ...)."""
+    if path == "schur_dual":
         one = functools.partial(_schur_dual_sample, s=s, T=T, Bv=Bv, V=V, s_all=s_all, rho=rho, lams=lams,
                                 kb=kb, return_coords=return_coords)
     else:
         one = functools.partial(_schur_primal_sample, s=s, T=T, R=R, c=c, Bv=Bv, lams=lams, kb=kb,
                                 return_coords=return_coords)
-        return jax.vmap(one)(idx)
-    if path == "schur_dual":
-        return jax.vmap(one)(idx)
-    # Downdates: samples one after another on each device (lax.map), so that every sample's
-    # root iteration stops at its own slowest root; the sample axis is split over all devices.
-    mesh = Mesh(np.array(jax.devices()), ("samples",))
-    per_device = shard_map(lambda ids: jax.lax.map(one, ids), mesh=mesh, in_specs=P("samples"),
-                           out_specs=P("samples"), check_rep=False)
-    return per_device(idx)
+    return jax.vmap(one)(idx)
+
+
+def _downdate_device(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, return_coords):
+    """Finite t on one device: samples one after another (lax.map), so that every sample's root
+    iteration stops at its own slowest root instead of the slowest of a vmapped batch."""
+    one = functools.partial(_downdate_sample, s=s, T=T, R=R, c=c, Bv=Bv, lr=lr, steps=steps, lams=lams, tol=tol,
+                            kb=kb, discrete=discrete, return_coords=return_coords)
+    return jax.lax.map(one, ids)
+
+
+# The sample axis split over all devices: (devices, chunk/devices) ids, everything else broadcast.
+# pmap rather than shard_map: XLA 0.4.35's SPMD partitioner aborts on the root finder's while loops
+# inside a manual (shard_map) region ("hlo_sharding_util ... !to_merge.IsManual()").
+_downdate_devices = jax.pmap(_downdate_device, in_axes=(0,) + (None,) * 10, static_broadcasted_argnums=(11, 12))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,8 +440,13 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         idx = np.arange(start, start + chunk_size)
         valid = int(np.sum(idx < n))
         idx = jnp.asarray(np.minimum(idx, n - 1))  # pad the last chunk (same shape: no retrace)
-        out = _chunk(idx, s, T, R, c, Bv, V, s_all, rho, lr_j, steps_j, lams_j, jnp.asarray(tol, dtype),
-                     jnp.asarray(bool(discrete)), path=path, kb=kb, return_coords=bool(return_coords))
+        if path == "downdate":
+            out = _downdate_devices(idx.reshape(devices, -1), s, T, R, c, Bv, lr_j, steps_j, lams_j,
+                                    jnp.asarray(tol, dtype), jnp.asarray(bool(discrete)), kb, bool(return_coords))
+            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+        else:
+            out = _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams_j, path=path, kb=kb,
+                               return_coords=bool(return_coords))
         pieces.append(jax.tree_util.tree_map(lambda x, v=valid: x[:v], out))
     out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
     if all_inf:  # Schur outputs carry a length-1 steps axis; broadcast to the steps grid

@@ -184,7 +184,9 @@ def _table(rows, digits=4):
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
 th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
-.note{color:#555;font-size:14px}figure{margin:0.5em 0 1.5em}figcaption{font-size:13px;color:#555}"""
+.note{color:#555;font-size:14px}figure{margin:0.5em 0 1.5em}figcaption{font-size:13px;color:#555}
+figure.half{display:inline-block;vertical-align:top;width:49%;margin-right:1%}
+.findings{background:#f4f8fc;border:1px solid #c9dcef;padding:0.5em 1.2em;font-size:15px}"""
 
 
 class _Page:
@@ -203,7 +205,11 @@ class _Page:
     def table(self, rows):
         self.parts.append(_table(rows))
 
-    def figure(self, name, fig, caption):
+    def findings(self, lines):
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        self.parts.append(f"<div class='findings'><b>Key findings</b><ul>{items}</ul></div>")
+
+    def figure(self, name, fig, caption, half=False):
         plt = _plt()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
@@ -214,7 +220,8 @@ class _Page:
             handle.write(png)
         self.figures.append(path)
         data = base64.b64encode(png).decode("ascii")
-        self.parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+        css = " class='half'" if half else ""
+        self.parts.append(f"<figure{css}><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -236,6 +243,9 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         with open(os.path.join(out_dir, "settings.json")) as handle:
             settings = json.load(handle)
     page.parts.append(f"<h1>{html.escape(title)}</h1>")
+    findings = _key_findings(out_dir, found)
+    if findings:
+        page.findings(findings)
     trust = settings.get("trust")
     if trust:
         page.heading("Can the linearization be trusted here?")
@@ -253,8 +263,12 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         page.text("Test accuracy of the network retrained on what is left after removing a fraction of the training "
                   "set: the least informative samples (bottom, once or iteratively in 5% steps with recomputed "
                   "scores), the most informative (top), or random ones (SI paper Fig. 2c).")
+        if "is_noisy" in cols and np.any(cols["is_noisy"].astype(float) > 0):
+            page.text("With label noise, the mislabeled samples are among the most informative (see the detection "
+                      "section), so keeping only the top-scored samples at large removal fractions keeps mostly "
+                      "wrong labels: clean the flagged samples first, then summarize.")
         page.figure("summarization", summarization_figure(rows, "Summarization"), "Accuracy vs. fraction removed.")
-        page.table(rows)
+        page.table(_summarization_wide(rows))
     if "sources.csv" in found:
         rows = read_csv(os.path.join(out_dir, "sources.csv"))
         page.heading("Sources and groups")
@@ -271,12 +285,53 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         page.table([{"setting": k, "value": v} for k, v in flat.items()])
         if settings.get("timings"):
             page.heading("Timings")
-            page.table([{"stage": k, "seconds": float(v)} for k, v in settings["timings"].items()])
+            timings = [{"stage": k, "seconds": float(v)} for k, v in settings["timings"].items()]
+            page.table(timings + [{"stage": "total", "seconds": sum(r["seconds"] for r in timings)}])
     path = os.path.join(out_dir, "report.html")
     with open(path, "w") as handle:
         handle.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                      f"<style>{_CSS}</style></head><body>{''.join(page.parts)}</body></html>")
     return path
+
+
+def _summarization_wide(rows):
+    """Test accuracy (%) with one row per strategy and one column per removed fraction."""
+    table = {}
+    for r in rows:
+        table.setdefault(r["strategy"], {"strategy": r["strategy"]})[f"{100 * float(r['fraction']):.0f}% removed"] = \
+            100 * float(r["accuracy"])
+    columns = sorted({c for t in table.values() for c in t if c != "strategy"}, key=lambda c: float(c.split("%")[0]))
+    return [{"strategy": name, **{c: t.get(c, "") for c in columns}} for name, t in table.items()]
+
+
+def _key_findings(out_dir, found):
+    """One-line conclusions from detection.csv and summarize.csv, for the top of the report."""
+    lines = []
+    if "detection.csv" in found:
+        rows = read_csv(os.path.join(out_dir, "detection.csv"))
+        best = max(rows, key=lambda r: float(r["auroc"]))
+        line = (f"Best detector of {best.get('bad', 'bad')} samples: {best['method']} (AUROC {float(best['auroc']):.3f}, "
+                f"average precision {float(best['ap']):.3f}; inspecting its top 10% finds "
+                f"{100 * float(best['found_top10']):.0f}% of them).")
+        ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual")]
+        outside = {r["method"]: r for r in rows}.get("cleanlab")
+        if ours and outside:
+            top = max(ours, key=lambda r: float(r["auroc"]))
+            line += (f" Best ntk_info score: {top['method']} (AUROC {float(top['auroc']):.3f}, AP {float(top['ap']):.3f})"
+                     f" vs cleanlab (AUROC {float(outside['auroc']):.3f}, AP {float(outside['ap']):.3f}).")
+        lines.append(line)
+    if "summarize.csv" in found:
+        rows = read_csv(os.path.join(out_dir, "summarize.csv"))
+        full = [float(r["accuracy"]) for r in rows if float(r["fraction"]) == 0]
+        if full:
+            for strategy in ("bottom", "bottom-iterative", "random"):
+                kept = [float(r["fraction"]) for r in rows
+                        if r["strategy"] == strategy and float(r["accuracy"]) >= full[0] - 0.01]
+                if kept:
+                    lines.append(f"Summarization, removing {strategy} samples: up to {100 * max(kept):.0f}% of the "
+                                 f"training set goes with test accuracy within 1 point of the full data "
+                                 f"({100 * full[0]:.1f}%).")
+    return lines
 
 
 def _scores_section(page, out_dir, cols, settings):
@@ -298,12 +353,12 @@ def _scores_section(page, out_dir, cols, settings):
         splits.append(("all", np.full(values.shape, "all")))
     for key, split in splits:
         page.figure(f"hist_{main}_{key}", histogram_figure(values, split, f"{main} by {key}", main),
-                    f"Distribution of {SCORE_LABELS.get(main, main)}, split by {key}.")
+                    f"Distribution of {SCORE_LABELS.get(main, main)}, split by {key}.", half=True)
     if "loo_residual" in cols and main != "loo_residual" and splits[0][0] in ("noise", "adversarial"):
         key, split = splits[0]
         page.figure(f"hist_loo_residual_{key}", histogram_figure(cols["loo_residual"].astype(float), split,
                                                                  f"loo_residual by {key}", "loo_residual"),
-                    f"Distribution of {SCORE_LABELS['loo_residual']}, split by {key}.")
+                    f"Distribution of {SCORE_LABELS['loo_residual']}, split by {key}.", half=True)
     inputs = os.path.join(out_dir, "inputs.npz")
     if os.path.exists(inputs):
         with np.load(inputs) as f:

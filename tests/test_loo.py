@@ -372,7 +372,10 @@ assert jax.device_count() == 8, jax.device_count()
 data = np.load(sys.argv[1])
 res = leave_one_out(kernel=data["K"], residuals=data["r"], cross_kernel=data["Kv"], lr=0.1,
                     steps=np.array([3.0, 40.0]), weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
-np.savez(sys.argv[2], w=res.weight_change_sq, v=res.prediction_change_sq, s=res.self_prediction_change)
+one = leave_one_out(kernel=data["K"][:, :, 0, 0], residuals=data["r"][:, 0], cross_kernel=data["Kv"][:, :, 0, 0],
+                    lr=0.1, steps=40.0, progress=False)  # k = 1, scalar settings, default chunks
+np.savez(sys.argv[2], w=res.weight_change_sq, v=res.prediction_change_sq, s=res.self_prediction_change,
+         w1=one.weight_change_sq, v1=one.prediction_change_sq, s1=one.self_prediction_change)
 """
 
 
@@ -395,6 +398,9 @@ def test_eight_devices_equal_one(tmp_path):
     sharded = np.load(tmp_path / "out.npz")
     res = leave_one_out(kernel=K, residuals=r, cross_kernel=Kv, lr=0.1, steps=np.array([3.0, 40.0]),
                         weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
+    one = leave_one_out(kernel=K[:, :, 0, 0], residuals=r[:, 0], cross_kernel=Kv[:, :, 0, 0], lr=0.1, steps=40.0,
+                        progress=False)
     for ours, theirs in [(res.weight_change_sq, sharded["w"]), (res.prediction_change_sq, sharded["v"]),
-                         (res.self_prediction_change, sharded["s"])]:
+                         (res.self_prediction_change, sharded["s"]), (one.weight_change_sq, sharded["w1"]),
+                         (one.prediction_change_sq, sharded["v1"]), (one.self_prediction_change, sharded["s1"])]:
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-12, atol=1e-14 * np.abs(theirs).max())

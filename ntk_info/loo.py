@@ -14,7 +14,14 @@ rank-k downdate diag(s) - Z_i Z_iᵀ = Q_i diag(μ_i) Q_iᵀ of the Gram, ``ntk_
     f(x_i) - f_{-i}(x_i) = Z_iᵀ d_i,   ||f(X_v) - f_{-i}(X_v)||² = ||B_v d_i||².
 
 The roots μ_i do not depend on (η, t, λ): grids of steps and weight decays reuse one downdate per
-sample. t = ∞ uses block Schur complements instead ("schur", O(N k²) per sample, below). With an
+sample. Faster and the default for finite t (``solver="rational"``): φ(μ + λ) on the spectral
+interval [0, s_max] is replaced by verified partial fractions c0 + Σ_j a_j / (μ - p_j) (AAA,
+``ntk_info.rational``, max error ≤ 1e-12·max|φ|), so that φ(diag(s) - Z_i Z_iᵀ) needs only
+resolvents, each a k × k Woodbury solve: d_i = c0 Z_i r_i + Σ_j a_j F_j⁻¹ Z_i N_ij⁻¹ (r_i - Z_iᵀ F_j⁻¹ c)
+with F_j = diag(s) - p_j, N_ij = I - Z_iᵀ F_j⁻¹ Z_i: O(P r k²) per sample instead of O(k r²), all
+samples batched as tensor contractions. Filters without a verified fit (t = ∞ with λ = 0 in a mixed
+grid, η t s_max beyond ~1e5) use the downdate. t = ∞ uses block Schur complements ("schur", O(N k²)
+per sample, below). With an
 (n, n) kernel (or (n, p) features) and (n, k) residuals the k outputs are independent and share the
 kernel: Z_i is (r, 1), c and d_i are (r, k), and squared norms sum over outputs.
 
@@ -34,9 +41,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import enable_x64
 from tqdm.auto import tqdm
 
-from ntk_info import secular
+from ntk_info import rational, secular
 from ntk_info.dynamics import _check_settings, _warn_unstable, filter_values
 
 __all__ = ["LOOResult", "leave_one_out"]
@@ -59,6 +67,7 @@ class LOOResult:
     sample in the downdate (k for multi-output kernels/features, 1 for independent outputs).
     With return_coords: weight_change_coords (n, r[, q]) = d_i, train_coords (r, N) = (J U)ᵀ,
     spectrum (r,) = s, trained_coords (r[, q]) = φ(s)∘c = Uᵀ(w - w0) (grid axes first).
+    solver: how finite t was solved, "rational" or "downdate" ("schur" at t = ∞).
     """
 
     weight_change_sq: Any
@@ -80,6 +89,7 @@ class LOOResult:
     train_coords: Any = None
     spectrum: Any = None
     trained_coords: Any = None
+    solver: str = "downdate"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,14 +348,79 @@ def _downdate_device(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, re
 _downdate_devices = jax.pmap(_downdate_device, in_axes=(0,) + (None,) * 10, static_broadcasted_argnums=(11, 12))
 
 
+def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shape, return_coords):
+    """Finite t through partial fractions φ(μ + λ) ≈ c0 + Σ_j a_j / (μ - p_j) (``ntk_info.rational``),
+    batched over the samples ids. Woodbury on the resolvents of diag(s) - Z_i Z_iᵀ gives
+
+        d_i = c0 Z_i r_i + Σ_j a_j F_j⁻¹ Z_i N_ij⁻¹ (r_i - Z_iᵀ F_j⁻¹ c),
+        F_j = diag(s) - p_j I,  N_ij = I - Z_iᵀ F_j⁻¹ Z_i,
+
+    the difference φ(s)∘c - φ(diag(s) - Z_i Z_iᵀ)(c - Z_i r_i) without forming either term:
+    O(P r k (k + q)) per sample and grid point (P poles) instead of the downdate's O(k r²).
+    consts (G,), poles and residues (G, P) for the G = Gt·Gλ grid points.
+    """
+    rows = ids[:, None] * kb + jnp.arange(kb)
+    Z = jnp.moveaxis(T[:, rows], 0, 1)  # (b, r, kb)
+    Ri = R[rows]  # (b, kb, q)
+    Finv = 1.0 / (s[None, None, :] - poles[:, :, None])  # (G, P, r)
+    Zc = Z.astype(Finv.dtype)
+    ZF = jnp.einsum("bla,gpl->bgpla", Zc, Finv)
+    N = jnp.eye(kb, dtype=Finv.dtype) - jnp.einsum("bgpla,blc->bgpac", ZF, Zc)
+    rhs = Ri[:, None, None].astype(Finv.dtype) - jnp.einsum("bgpla,lq->bgpaq", ZF, c.astype(Finv.dtype))
+    beta = jnp.linalg.solve(N, rhs)  # (b, G, P, kb, q)
+    d = jnp.einsum("gp,bgpla,bgpaq->bglq", residues, ZF, beta).real
+    d = d + consts[None, :, None, None] * jnp.einsum("bla,baq->blq", Z, Ri)[:, None]
+    out = {
+        "weight": jnp.sum(d * d, axis=(2, 3)),
+        "train": jnp.einsum("l,bglq->bg", s, d * d),
+        "self": jnp.einsum("bla,bglq->bgaq", Z, d).reshape(d.shape[:2] + (-1,)),
+    }
+    if Bv is not None:
+        out["val"] = jnp.sum(jnp.einsum("ml,bglq->bgmq", Bv, d) ** 2, axis=(2, 3))
+    if return_coords:
+        out["coords"] = d
+    return jax.tree_util.tree_map(lambda x: x.reshape((x.shape[0],) + grid_shape + x.shape[2:]), out)
+
+
+_rational_devices = jax.pmap(_rational_device, in_axes=(0,) + (None,) * 8, static_broadcasted_argnums=(9, 10, 11))
+
+
+def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
+    """Verified partial fractions of φ(μ + λ) on [0, s_max] for every grid point, padded to a common
+    number of poles (consts (G,), poles, residues (G, P)); None if any grid point has no verified fit."""
+    fits = []
+    for t in steps_grid:
+        for lam in lams:
+            if np.isinf(t):
+                fit = rational.PartialFractions(0.0, np.array([-lam], complex), np.array([1.0 + 0j])) if lam > 0 else None
+            else:
+                def h(mu, t=t, lam=lam):
+                    with enable_x64():  # the fit is float64 even when the engine runs in float32
+                        return np.asarray(filter_values(jnp.asarray(mu + lam, jnp.float64), lr=lr, steps=t,
+                                                        discrete=discrete))
+
+                fit = rational.fit_filter(h, s_max, resolution=1.0 / (lr * t * s_max) if t > 0 else 1.0)
+            if fit is None:
+                return None
+            fits.append(fit)
+    P = max(len(f.poles) for f in fits)
+    pad = lambda x, fill: np.concatenate([x, np.full(P - len(x), fill, complex)])
+    cdtype = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+    consts = jnp.asarray([np.real(f.constant) for f in fits], dtype)
+    poles = jnp.asarray(np.stack([pad(f.poles, -1.0 - s_max) for f in fits]), cdtype)
+    residues = jnp.asarray(np.stack([pad(f.residues, 0.0) for f in fits]), cdtype)
+    return consts, poles, residues
+
+
+
 # ----------------------------------------------------------------------------------------------
 # Public entry
 
 
 def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_decay=0.0, discrete=False,
-                  cross_kernel=None, cross_features=None, mode="auto", return_coords=False, chunk_size=None,
-                  progress=True) -> LOOResult:
-    """Exact LOO changes of the linear(ized) model for every training sample, in O(N³ + n·k·r²).
+                  cross_kernel=None, cross_features=None, mode="auto", solver="auto", return_coords=False,
+                  chunk_size=None, progress=True) -> LOOResult:
+    """Exact LOO changes of the linear(ized) model for every training sample, in O(N³ + n·P·k²·r).
 
     Model and training (sum loss, ``ntk_info.dynamics``): f(x) = f0(x) + J(x)(w - w0), t = ``steps``
     GD steps (``discrete=True``) or gradient-flow time η t (default) with learning rate η = ``lr``
@@ -363,7 +438,16 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         kernel given                 -> "dual"    (eigh of the N×N kernel)
         features, p < N              -> "primal"  (eigh of the p×p Gram ΦᵀΦ, O(p³ + n·k·p²))
         features, p ≥ N              -> "dual"    (K = ΦΦᵀ)
-    "dual" or "primal" force the basis ("primal" needs features). When every step count is inf the
+    "dual" or "primal" force the basis ("primal" needs features).
+
+    solver (finite t):
+        "rational"  φ(μ + λ) as verified partial fractions c0 + Σ_j a_j/(μ - p_j) on [0, s_max]
+                    (``ntk_info.rational``, max error ≤ 1e-12·max|φ|, ~10–25 poles), each resolvent of
+                    the downdated Gram a k×k Woodbury solve: O(P·r·k²) per sample, all samples batched;
+        "downdate"  the exact secular eigen-downdate (``ntk_info.secular``), O(k·r²) per sample;
+        "auto"      "rational" when every grid point has a verified fit (not for t = ∞ with λ = 0, nor
+                    for η t s_max beyond ~1e5), else "downdate".
+    When every step count is inf the
     block-Schur formulas are used instead of the downdate (reported mode "schur", basis kept in
     ``basis``); dual Schur needs M = K + λI invertible. Mixed grids (inf and finite steps) use the
     downdate for all points, with φ = pseudo-inverse 1/(μ+λ) at t = ∞.
@@ -381,6 +465,8 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
     """
     if mode not in ("auto", "dual", "primal"):
         raise ValueError(f"mode: expected 'auto', 'dual' or 'primal', got {mode!r}.")
+    if solver not in ("auto", "rational", "downdate"):
+        raise ValueError(f"solver: expected 'auto', 'rational' or 'downdate', got {solver!r}.")
     if mode == "primal" and features is None:
         raise ValueError("mode: 'primal' needs explicit features=Φ (n, p) or (n, k, p), got a kernel only; "
                          "use mode='dual' or 'auto' with a kernel.")
@@ -425,10 +511,21 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
     fitted = R - jnp.einsum("rn,tlrq->tlnq", T, trained)
 
     path = "downdate" if not all_inf else ("schur_dual" if basis == "dual" else "schur_primal")
+    fractions = None
+    if path == "downdate" and solver != "downdate":
+        fractions = _partial_fractions(float(s[-1]), float(lr), steps_grid, lams, bool(discrete), dtype)
+        if fractions is None and solver == "rational":
+            raise ValueError("solver: 'rational' found no verified partial-fraction form of the filter for every "
+                             "grid point (t = ∞ with weight_decay = 0, or η·t·λmax too large); use solver='auto'.")
+        path = "rational" if fractions is not None else path
     # Full dual eigenbasis only for dual Schur (same signature for all downdates: one compilation per shape).
     V, s_all, rho = (fac.V, fac.s_all, fac.V.T @ R) if path == "schur_dual" else (None, None, None)
     if chunk_size is None:
-        per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
+        if path == "rational":
+            n_poles = int(fractions[1].shape[1])
+            per_sample = 16 * len(steps_grid) * len(lams) * r_dim * (n_poles * (kb + q) + 2 * q)
+        else:
+            per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
         chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
     devices = jax.device_count()
     chunk_size = int(min(max(1, chunk_size), n))
@@ -440,7 +537,11 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         idx = np.arange(start, start + chunk_size)
         valid = int(np.sum(idx < n))
         idx = jnp.asarray(np.minimum(idx, n - 1))  # pad the last chunk (same shape: no retrace)
-        if path == "downdate":
+        if path == "rational":
+            out = _rational_devices(idx.reshape(devices, -1), s, T, R, c, Bv, *fractions, kb,
+                                    (len(steps_grid), len(lams)), bool(return_coords))
+            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+        elif path == "downdate":
             out = _downdate_devices(idx.reshape(devices, -1), s, T, R, c, Bv, lr_j, steps_j, lams_j,
                                     jnp.asarray(tol, dtype), jnp.asarray(bool(discrete)), kb, bool(return_coords))
             out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
@@ -482,5 +583,6 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         steps=steps,
         weight_decay=weight_decay,
         discrete=bool(discrete),
+        solver="schur" if all_inf else path,
         **coords,
     )

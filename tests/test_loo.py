@@ -55,14 +55,16 @@ FIELDS = ("weight_change_sq", "train_prediction_change_sq", "self_prediction_cha
           "fitted_residuals")
 
 
+@pytest.mark.parametrize("solver", ["rational", "downdate"])
 @pytest.mark.parametrize("p", [5, 30])  # p < N (primal, rank-deficient kernel) and p ≥ N (dual)
 @pytest.mark.parametrize("layout", ["k1", "full3", "shared3"])
-def test_finite_steps_match_retraining(layout, p):
+def test_finite_steps_match_retraining(layout, p, solver):
     F, R, Fv = _problem(layout, p)
     for discrete, steps, lr in ((False, STEPS_FLOW, 1.0 / _lmax(F)), (True, STEPS_GD, 1.9 / (_lmax(F) + LAMS.max()))):
         res = leave_one_out(features=F, residuals=R, lr=lr, steps=steps, weight_decay=LAMS, discrete=discrete,
-                            cross_features=Fv, progress=False)
+                            cross_features=Fv, solver=solver, progress=False)
         assert res.mode == ("primal" if p < F.reshape(-1, p).shape[0] else "dual")
+        assert res.solver == solver
         assert np.shape(res.weight_change_sq) == (len(steps), len(LAMS), 8)
         for a, t in enumerate(steps):
             for b, lam in enumerate(LAMS):
@@ -117,9 +119,10 @@ def _spectrum(kind, N, rng):
     return np.r_[rng.uniform(0.5, 2, N // 2), np.zeros(N - N // 2)]  # half rank
 
 
+@pytest.mark.parametrize("solver", ["rational", "downdate"])
 @pytest.mark.parametrize("layout, kind", [("full3", "decay"), ("full3", "clusters"), ("full3", "near_equal"),
                                           ("full3", "half_rank"), ("k1", "clusters"), ("shared3", "near_equal")])
-def test_kernel_with_designed_spectrum_matches_retraining(layout, kind):
+def test_kernel_with_designed_spectrum_matches_retraining(layout, kind, solver):
     rng = np.random.default_rng(3)
     n, k = 8, 3
     N = n * k if layout == "full3" else n
@@ -134,7 +137,8 @@ def test_kernel_with_designed_spectrum_matches_retraining(layout, kind):
         K_in, Kv_in, R = K, Kv, (rng.normal(size=n) if layout == "k1" else rng.normal(size=(n, k)))
     lr = 1.0 / sp.max()
     res = leave_one_out(K_in, residuals=R, lr=lr, steps=STEPS_FLOW, weight_decay=LAMS, cross_kernel=Kv_in,
-                        progress=False)
+                        solver=solver, progress=False)
+    assert res.solver == solver
     if kind != "decay":
         assert res.rank == int(np.sum(sp > 0))
     for a, t in enumerate(STEPS_FLOW):
@@ -335,6 +339,18 @@ def test_error_primal_without_features():
         leave_one_out(np.eye(8), residuals=np.ones(8), lr=0.1, steps=1.0, mode="primal")
 
 
+def test_error_solver_name_and_rational_without_fit():
+    F, R, _ = _problem("k1", 5)
+    with pytest.raises(ValueError, match="solver: expected"):
+        leave_one_out(features=F, residuals=R, lr=0.1, steps=3.0, solver="eig", progress=False)
+    with pytest.raises(ValueError, match="no verified partial-fraction"):  # mixed grid: t = ∞ with λ = 0
+        leave_one_out(features=F, residuals=R, lr=0.1, steps=np.array([3.0, INF]), weight_decay=np.array([0.0, 0.1]),
+                      solver="rational", progress=False)
+    res = leave_one_out(features=F, residuals=R, lr=0.1, steps=np.array([3.0, INF]), weight_decay=np.array([0.0, 0.1]),
+                        progress=False)
+    assert res.solver == "downdate"
+
+
 def test_error_mode_name():
     with pytest.raises(ValueError, match="mode: expected 'auto', 'dual' or 'primal'"):
         leave_one_out(mode="schur", **_kw())
@@ -373,7 +389,7 @@ data = np.load(sys.argv[1])
 res = leave_one_out(kernel=data["K"], residuals=data["r"], cross_kernel=data["Kv"], lr=0.1,
                     steps=np.array([3.0, 40.0]), weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
 one = leave_one_out(kernel=data["K"][:, :, 0, 0], residuals=data["r"][:, 0], cross_kernel=data["Kv"][:, :, 0, 0],
-                    lr=0.1, steps=40.0, progress=False)  # k = 1, scalar settings, default chunks
+                    lr=0.1, steps=40.0, solver="downdate", progress=False)  # k = 1, secular root finder
 np.savez(sys.argv[2], w=res.weight_change_sq, v=res.prediction_change_sq, s=res.self_prediction_change,
          w1=one.weight_change_sq, v1=one.prediction_change_sq, s1=one.self_prediction_change)
 """
@@ -399,7 +415,7 @@ def test_eight_devices_equal_one(tmp_path):
     res = leave_one_out(kernel=K, residuals=r, cross_kernel=Kv, lr=0.1, steps=np.array([3.0, 40.0]),
                         weight_decay=np.array([0.0, 0.2]), chunk_size=5, progress=False)
     one = leave_one_out(kernel=K[:, :, 0, 0], residuals=r[:, 0], cross_kernel=Kv[:, :, 0, 0], lr=0.1, steps=40.0,
-                        progress=False)
+                        solver="downdate", progress=False)
     for ours, theirs in [(res.weight_change_sq, sharded["w"]), (res.prediction_change_sq, sharded["v"]),
                          (res.self_prediction_change, sharded["s"]), (one.weight_change_sq, sharded["w1"]),
                          (one.prediction_change_sq, sharded["v1"]), (one.self_prediction_change, sharded["s1"])]:

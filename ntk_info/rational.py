@@ -12,7 +12,8 @@ SIAM J. Sci. Comput. 2018) on a grid of μ / μ_max that is dense near both ends
 (where the filters of long training vary fastest), followed by a least-squares refit of c0 and a_j
 for the AAA poles, after dropping spurious poles within 1e-6·μ_max of [0, μ_max] (Froissart
 doublets). The partial-fraction form is then checked on a 4x denser grid: the fit is used only if
-its largest error there is ≤ ``tol`` times max|h| and the rounding amplification Σ_j |a_j / (μ - p_j)| stays below 1e4·max|h|; otherwise
+every pole lies at least 4 local grid spacings off the interval (so no error bump fits between
+check points), its largest error there is ≤ ``tol`` times max|h|, and the rounding amplification Σ_j |a_j / (μ - p_j)| stays below 1e4·max|h|; otherwise
 ``fit_filter`` returns None and the caller falls back to the exact eigen-downdate.
 """
 from __future__ import annotations
@@ -110,6 +111,12 @@ def fit_filter(h, mu_max: float, *, resolution: float = 1e-6, tol: float = 1e-12
     coef = np.linalg.lstsq(design, hx / scale, rcond=None)[0]
     constant, residues = coef[0], coef[1:]
     check = _grid(4 * size, resolution)
+    # A pole must sit ≥ 4 local check spacings off the interval, so the check cannot miss a bump.
+    nearest = np.clip(np.searchsorted(check, np.clip(poles.real, 0.0, 1.0)), 1, check.size - 1)
+    spacing = check[nearest] - check[nearest - 1]
+    distance = np.abs(poles - np.clip(poles.real, 0.0, 1.0))
+    if np.any(distance < 4 * spacing):
+        return None
     terms = residues / (check[:, None] - poles)
     err = np.max(np.abs(constant + terms.sum(axis=1) - np.asarray(h(check * mu_max), dtype=float) / scale))
     amplification = np.max(np.abs(terms).sum(axis=1)) + abs(constant)

@@ -8,8 +8,9 @@ on n sklearn digits (8×8, upsampled to 28×28×1 with ``jax.image.resize``, lin
   full n × n kernel, in one block, with the implementation exact_ntk picks (2 = NTK_VECTOR_PRODUCTS
   for the MLP, 1 = JACOBIAN_CONTRACTION for the CNN); with ``--check-implementations`` the other one
   is timed too, stopped at 1.2× the default's time + 15 s (3 crashes on jax 0.4.35);
-- the same for ``ntk_info.projected_features`` at coords_per_layer = 500, 1000, 2000, 4000, with
-  the relative Frobenius error ||ΦΦᵀ - K||_F / ||K||_F against that exact kernel.
+- the same for ``ntk_info.projected_features`` at coords_per_layer = 500, 1000, 2000, 4000, for the
+  default CountSketch and the SI paper's coordinate subsampling, with the relative Frobenius error
+  ||ΦΦᵀ - K||_F / ||K||_F against that exact kernel.
 
 Every measurement runs in its own subprocess; times are for the first call, compilation included
 (both methods compile once per input shape). Peak memory is the child's maximum resident set size,
@@ -49,7 +50,7 @@ def _data_and_model(model_name: str, n: int):
 
 
 def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
-    """One measurement in a fresh process: 'baseline', 'exact:IMPL' or 'phi:BUDGET'; saves the array."""
+    """One measurement in a fresh process: 'baseline', 'exact:IMPL' or 'phi:METHOD:BUDGET'; saves the array."""
     import numpy as np
 
     from ntk_info.features import _fastest_ntk_implementation, exact_ntk, projected_features
@@ -64,7 +65,9 @@ def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
     elif kind == "exact":
         result = exact_ntk(model.apply_fn, params, X, implementation=int(arg), progress=False)[:, :, 0, 0]
     else:
-        result = projected_features(model.apply_fn, params, X, coords_per_layer=int(arg), progress=False).phi[:, 0]
+        method, _, budget = arg.partition(":")
+        result = projected_features(model.apply_fn, params, X, coords_per_layer=int(budget), method=method,
+                                    progress=False).phi[:, 0]
     seconds = time.perf_counter() - start
     np.save(out_path, result)
     print(json.dumps({"seconds": seconds, "arg": arg}))
@@ -130,15 +133,16 @@ def main() -> None:
             print(f"{'baseline (no compute)':<28}{'':>10}{base['peak_mib']:>12.0f}{'':>13}{'':>12}{'':>10}")
             print(f"{f'exact NTK (NT impl {impl})':<28}{exact['seconds']:>10.1f}{exact['peak_mib']:>12.0f}"
                   f"{exact['peak_mib'] - base['peak_mib']:>13.0f}{0.0:>12.4f}{1.0:>10.2f}")
-            for budget in BUDGETS:
-                res = _measure(model_name, f"phi:{budget}", n, path(f"phi{budget}"))
-                if "error" in res:
-                    raise RuntimeError(f"projected features ({model_name}, {budget}): {res['error']}")
-                phi = np.load(path(f"phi{budget}")).astype(np.float64)
-                err = np.linalg.norm(phi @ phi.T - kernel) / np.linalg.norm(kernel)
-                print(f"{f'projected, {budget}/leaf (p={phi.shape[1]})':<28}{res['seconds']:>10.1f}"
-                      f"{res['peak_mib']:>12.0f}{res['peak_mib'] - base['peak_mib']:>13.0f}{err:>12.4f}"
-                      f"{exact['seconds'] / res['seconds']:>10.2f}", flush=True)
+            for method in ("countsketch", "subsample"):
+                for budget in BUDGETS:
+                    res = _measure(model_name, f"phi:{method}:{budget}", n, path(f"phi{budget}"))
+                    if "error" in res:
+                        raise RuntimeError(f"projected features ({model_name}, {method}, {budget}): {res['error']}")
+                    phi = np.load(path(f"phi{budget}")).astype(np.float64)
+                    err = np.linalg.norm(phi @ phi.T - kernel) / np.linalg.norm(kernel)
+                    print(f"{f'{method}, {budget}/leaf (p={phi.shape[1]})':<28}{res['seconds']:>10.1f}"
+                          f"{res['peak_mib']:>12.0f}{res['peak_mib'] - base['peak_mib']:>13.0f}{err:>12.4f}"
+                          f"{exact['seconds'] / res['seconds']:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ class Run:
                          "influence/MPE damping": self.damping,
                          "influence/MPE Jacobian": "exact when n*k <= 2000, else projected features at the trained "
                                                    "weights", "coords_per_layer": args.coords_per_layer,
+                         "projection": args.projection,
                          "kernel": "output-averaged (trace) NTK, k outputs share one n x n kernel",
                          "seed": args.seed}
         self._trained = None
@@ -226,7 +227,7 @@ class Run:
             return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.X_val, lr=self.lr, steps=self.steps,
                                   weight_decay=self.weight_decay, discrete=True,
                                   coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
-                                  kernel="trace", progress=self.progress)
+                                  method=self.args.projection, kernel="trace", progress=self.progress)
 
     def subset_scorer(self, by):
         """score_fn(kept) for iterative removal: features are computed once (they do not depend on which
@@ -239,7 +240,7 @@ class Run:
         with self.stages("features for rescoring"):
             feats = ntk_info.projected_features(self.model.apply_fn, self.params0, self.X,
                                                 coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
-                                                progress=False)
+                                                method=self.args.projection, progress=False)
             val = feats.projection.features(self.X_val, progress=False)
             n, k = feats.outputs.shape
             # trace kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩, formed once; each rescoring takes its kept block
@@ -556,6 +557,9 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
     g.add_argument("--weight-decay", type=float, default=0.0, help="λ, decay toward the init (default: 0)")
     g.add_argument("--coords-per-layer", type=int, default=2000,
                    help="random Jacobian coordinates kept per layer for the kernel (default: 2000)")
+    g.add_argument("--projection", default="countsketch", choices=("countsketch", "subsample", "gaussian", "rademacher"),
+                   help="per-layer projection of the Jacobian: countsketch (default, most accurate per "
+                        "coordinate), subsample (the SI paper's), gaussian/rademacher (dense, slower)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +

@@ -10,8 +10,17 @@ so ΦΦᵀ is an unbiased estimate of the empirical NTK K = JJᵀ (DESIGN.md, "B
 SI paper §5 projects the Jacobian to a few thousand coordinates per layer). Layers are projected
 separately because their gradient scales differ. Projections (``method``):
 
-- ``"subsample"`` (default, the paper's): m_ℓ coordinates drawn uniformly without replacement,
+- ``"subsample"`` (the paper's): m_ℓ coordinates drawn uniformly without replacement,
   rescaled by sqrt(d_ℓ/m_ℓ) (each coordinate is kept with probability m_ℓ/d_ℓ, so unbiased).
+- ``"countsketch"`` (default): coordinate c is added with a random sign s_c into one of m_ℓ buckets h(c),
+  (J P)_b = Σ_{h(c)=b} s_c J_c (Charikar et al. 2002; Clarkson & Woodruff 2013); unbiased as
+  E[s_c s_c'] = δ_cc'. Per leaf, Var[(ΦΦᵀ)_ij] ≈ (||J_i||²||J_j||² + K_ij² - 2Σ_c J_ic²J_jc²)/m_ℓ,
+  a dense sketch's, whereas subsampling's ≈ (d_ℓ Σ_c J_ic²J_jc² - K_ij²)/m_ℓ grows with how
+  concentrated the Jacobian is (always-zero pixels, inactive ReLUs). Buckets: a random balanced
+  partition (position in a random permutation mod m_ℓ); cost O(d_ℓ) per sample (a gather and a sum),
+  the cost of forming the leaf Jacobian. Measured on digits 4 vs 9 (MLP 1024, 2000 per leaf, 20
+  seeds, ``experiments/fsi_projection_check.py``): F-SI Pearson with the exact NTK 0.993 (min 0.984)
+  against subsampling's 0.971 (min 0.944), kernel error 0.018 against 0.043.
 - ``"gaussian"`` / ``"rademacher"``: dense sketch with i.i.d. N(0, 1/m_ℓ) or ±1/sqrt(m_ℓ) entries.
   The sketch is never stored: it is regenerated from the leaf key in chunks of rows inside jit.
 
@@ -37,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["Projection", "Features", "projected_features", "exact_ntk", "kernel_relative_error", "METHODS"]
 
-METHODS = ("subsample", "gaussian", "rademacher")
+METHODS = ("subsample", "countsketch", "gaussian", "rademacher")
 _SKETCH_CHUNK = 2048  # rows of a dense sketch generated at once: memory chunk · m_ℓ per leaf
 _BATCH_MEMORY_BYTES = 256 * 2**20  # per-batch Jacobian budget used to choose a default batch size
 
@@ -64,7 +73,9 @@ class Projection:
     ``features(X)`` gives Φ for any inputs with the same coordinates (or the same sketch) as the
     training features, so cross kernels Φ_val Φᵀ are consistent. ``layer_sizes[ℓ]`` = m_ℓ,
     ``leaf_dims[ℓ]`` = d_ℓ, ``scales[ℓ]`` = sqrt(d_ℓ/m_ℓ) for subsampled leaves (else 1),
-    ``indices[ℓ]`` the kept coordinates (subsample) or None (kept whole or dense sketch).
+    ``indices[ℓ]`` the kept coordinates (subsample), or the (⌈d_ℓ/m_ℓ⌉, m_ℓ) table of coordinates
+    per bucket (column b = bucket b, countsketch), or None (kept whole or dense sketch); ``signs[ℓ]``
+    the table's signs ±1 (0 for padding entries) for countsketch, else None.
     """
 
     apply_fn: Callable
@@ -77,6 +88,7 @@ class Projection:
     layer_sizes: tuple[int, ...]
     scales: tuple[float, ...]
     indices: tuple[Any, ...]
+    signs: tuple[Any, ...]
 
     @property
     def p(self) -> int:
@@ -90,7 +102,7 @@ class Projection:
                 "leaf_dims": dict(zip(self.leaf_names, self.leaf_dims))}
 
     def _sketch_keys(self):
-        if self.method == "subsample":
+        if self.method not in ("gaussian", "rademacher"):
             return None
         return jnp.stack([_leaf_key(self.seed, leaf) for leaf in range(len(self.leaf_dims))])
 
@@ -105,8 +117,9 @@ class Projection:
         mesh = Mesh(np.array(devices), ("batch",))
         data_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        index_arrays = tuple(None if idx is None else jax.device_put(idx, NamedSharding(mesh, PartitionSpec()))
-                             for idx in self.indices)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        index_arrays = tuple(None if idx is None else jax.device_put(idx, replicated) for idx in self.indices)
+        sign_arrays = tuple(None if sgn is None else jax.device_put(sgn, replicated) for sgn in self.signs)
         scales = jnp.asarray(self.scales)
         sketch_keys = self._sketch_keys()
         phi = outputs = None
@@ -123,7 +136,7 @@ class Projection:
                 pad = jnp.broadcast_to(xb[:1], (batch_size - (stop - start), *xb.shape[1:]))
                 xb = jnp.concatenate([xb, pad])
             phi_b, out_b, finite_b = _project_batch(
-                params, jax.device_put(xb, data_sharding), index_arrays, scales, sketch_keys,
+                params, jax.device_put(xb, data_sharding), index_arrays, sign_arrays, scales, sketch_keys,
                 apply_fn=self.apply_fn, method=self.method, layer_sizes=self.layer_sizes)
             phi_b, out_b = np.asarray(phi_b)[: stop - start], np.asarray(out_b)[: stop - start]
             if phi is None:
@@ -151,12 +164,13 @@ def _single_output(apply_fn, params, x):
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "method", "layer_sizes"))
-def _project_batch(params, xb, indices, scales, sketch_keys, *, apply_fn, method, layer_sizes):
+def _project_batch(params, xb, indices, signs, scales, sketch_keys, *, apply_fn, method, layer_sizes):
     """Φ (b, k, p), f0 (b, k) and per-leaf finiteness (L,) of one batch; jitted, sample axis sharded.
 
     Per-sample Jacobians come from vmap(jacrev) (memory b·k·d for this batch only); each leaf block
-    (b, k, d_ℓ) is projected right away: gathered and rescaled (subsample), or multiplied by a dense
-    sketch regenerated chunk by chunk from the leaf key (gaussian / rademacher).
+    (b, k, d_ℓ) is projected right away: gathered and rescaled (subsample), gathered into the bucket
+    table, signed and summed per bucket (countsketch), or multiplied by a dense sketch regenerated
+    chunk by chunk from the leaf key (gaussian / rademacher).
     """
     single = functools.partial(_single_output, apply_fn)
     jac = jax.vmap(jax.jacrev(single), in_axes=(None, 0))(params, xb)
@@ -169,6 +183,8 @@ def _project_batch(params, xb, indices, scales, sketch_keys, *, apply_fn, method
             blocks.append(j_leaf)
         elif method == "subsample":
             blocks.append(j_leaf[..., indices[leaf]] * scales[leaf].astype(j_leaf.dtype))
+        elif method == "countsketch":
+            blocks.append(jnp.einsum("bksm,sm->bkm", j_leaf[..., indices[leaf]], signs[leaf].astype(j_leaf.dtype)))
         else:
             blocks.append(_sketch(j_leaf, sketch_keys[leaf], m, method))
     outputs = apply_fn(params, xb)
@@ -248,7 +264,7 @@ def _make_projection(apply_fn, params, *, coords_per_layer, seed, method) -> Pro
     path_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     if not path_leaves:
         raise ValueError("params: no parameter leaves (empty pytree); pass the model's parameters")
-    names, dims, sizes, scales, indices = [], [], [], [], []
+    names, dims, sizes, scales, indices, signs = [], [], [], [], [], []
     for leaf, (path, value) in enumerate(path_leaves):
         name = jax.tree_util.keystr(path) or "params"
         dtype = getattr(value, "dtype", None)
@@ -260,24 +276,36 @@ def _make_projection(apply_fn, params, *, coords_per_layer, seed, method) -> Pro
         names.append(name)
         dims.append(d)
         sizes.append(m)
+        idx = sgn = None
         if m < d and method == "subsample":
             idx = jnp.sort(jax.random.choice(_leaf_key(seed, leaf), d, (m,), replace=False))
-            indices.append(idx)
-            scales.append(math.sqrt(d / m))
-        else:
-            indices.append(None)
-            scales.append(1.0)
+        elif m < d and method == "countsketch":
+            idx, sgn = _bucket_table(_leaf_key(seed, leaf), d, m)
+        indices.append(idx)
+        signs.append(sgn)
+        scales.append(math.sqrt(d / m) if idx is not None and method == "subsample" else 1.0)
     return Projection(apply_fn=apply_fn, params=params, method=method, coords_per_layer=int(coords_per_layer),
                       seed=int(seed), leaf_names=tuple(names), leaf_dims=tuple(dims), layer_sizes=tuple(sizes),
-                      scales=tuple(scales), indices=tuple(indices))
+                      scales=tuple(scales), indices=tuple(indices), signs=tuple(signs))
+
+
+def _bucket_table(key, d, m):
+    """CountSketch buckets of d coordinates into m: a random permutation read row by row into a
+    (⌈d/m⌉, m) table (column b = bucket b, sizes ⌈d/m⌉ or ⌊d/m⌋) and i.i.d. signs ±1 (0 on padding)."""
+    perm_key, sign_key = jax.random.split(key)
+    rows = -(-d // m)
+    idx = jnp.pad(jax.random.permutation(perm_key, d), (0, rows * m - d)).reshape(rows, m)
+    real = (jnp.arange(rows * m) < d).reshape(rows, m)
+    return idx, jax.random.rademacher(sign_key, (rows, m)).astype(jnp.int8) * real
 
 
 def projected_features(apply_fn: Callable, params, inputs, *, coords_per_layer: int = 2000, seed: int = 0,
-                       batch_size: int | None = None, method: str = "subsample", progress: bool = True) -> Features:
+                       batch_size: int | None = None, method: str = "countsketch", progress: bool = True) -> Features:
     """Projected per-layer Jacobian features Φ (n, k, p) with E[ΦΦᵀ] = K (empirical NTK), and f0 (n, k).
 
     Φ_i = [J_iℓ P_ℓ]_ℓ with J_iℓ the (k × d_ℓ) Jacobian of leaf ℓ at ``params`` and P_ℓ a random
-    projection to m_ℓ = min(coords_per_layer, d_ℓ) coordinates: ``method="subsample"`` keeps m_ℓ
+    projection to m_ℓ = min(coords_per_layer, d_ℓ) coordinates: ``method="countsketch"`` (default)
+    adds every coordinate with a random sign into one of m_ℓ buckets; ``"subsample"`` keeps m_ℓ
     coordinates without replacement, rescaled by sqrt(d_ℓ/m_ℓ) (SI paper §5); ``"gaussian"`` /
     ``"rademacher"`` use a dense sketch with entries of variance 1/m_ℓ. Leaves with
     d_ℓ <= coords_per_layer are kept whole, so ΦΦᵀ = K exactly when the budget covers every leaf.

@@ -133,7 +133,7 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 
 
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
-          coords_per_layer=2000, seed=0, method="subsample", batch_size=None, mode="auto", kernel="auto",
+          coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
           sigma=1.0, sgd_batch_size=None, targets=None, progress=True) -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 

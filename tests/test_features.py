@@ -43,7 +43,7 @@ def test_exact_ntk_matches_brute_force(problem):
                                brute_ntk(apply_fn, params, X_val, X), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["subsample", "gaussian", "rademacher"])
+@pytest.mark.parametrize("method", ["subsample", "countsketch", "gaussian", "rademacher"])
 def test_full_budget_is_exact(problem, method):
     apply_fn, params, X, X_val, K = problem
     res = projected_features(apply_fn, params, X, coords_per_layer=96, method=method, progress=False)
@@ -65,7 +65,7 @@ def test_error_decreases_with_budget(problem):
     assert mean_err[0] > 1.5 * mean_err[1] > 2.25 * mean_err[2] > 0, mean_err
 
 
-@pytest.mark.parametrize("method", ["subsample", "gaussian", "rademacher"])
+@pytest.mark.parametrize("method", ["subsample", "countsketch", "gaussian", "rademacher"])
 def test_unbiased_over_seeds(problem, method):
     """Mean of ΦΦᵀ over seeds approaches K: its error is far below a single draw's."""
     apply_fn, params, X, _, K = problem
@@ -81,7 +81,8 @@ def test_unbiased_over_seeds(problem, method):
 
 def test_subsample_coordinates_and_scale(problem):
     apply_fn, params, X, _, _ = problem
-    proj = projected_features(apply_fn, params, X, coords_per_layer=30, seed=3, progress=False).projection
+    proj = projected_features(apply_fn, params, X, coords_per_layer=30, seed=3, method="subsample",
+                              progress=False).projection
     assert proj.layer_sizes == (30, 30)
     for idx, d, m, scale in zip(proj.indices, proj.leaf_dims, proj.layer_sizes, proj.scales):
         if m < d:
@@ -91,12 +92,42 @@ def test_subsample_coordinates_and_scale(problem):
         else:
             assert idx is None and scale == 1.0
     # the same seed gives the same coordinates, another seed other ones
-    again = projected_features(apply_fn, params, X, coords_per_layer=30, seed=3, progress=False).projection
-    other = projected_features(apply_fn, params, X, coords_per_layer=30, seed=4, progress=False).projection
+    again = projected_features(apply_fn, params, X, coords_per_layer=30, seed=3, method="subsample",
+                               progress=False).projection
+    other = projected_features(apply_fn, params, X, coords_per_layer=30, seed=4, method="subsample",
+                               progress=False).projection
     assert np.array_equal(proj.indices[0], again.indices[0]) and not np.array_equal(proj.indices[0], other.indices[0])
 
 
-@pytest.mark.parametrize("method", ["subsample", "gaussian"])
+def test_countsketch_buckets_partition_every_coordinate(problem):
+    """Every coordinate of a sketched leaf lands in exactly one bucket with sign ±1; buckets are balanced;
+    Φ equals the explicit sketch J P with P[c, h(c)] = s_c."""
+    apply_fn, params, X, _, _ = problem
+    res = projected_features(apply_fn, params, X, coords_per_layer=30, seed=3, progress=False)
+    proj = res.projection
+    assert proj.method == "countsketch"
+    J = jax.vmap(jax.jacrev(lambda p, x: apply_fn(p, x[None])[0]), in_axes=(None, 0))(params, X)
+    leaves = jax.tree_util.tree_leaves(J)
+    blocks = []
+    for leaf, (idx, sgn, d, m) in enumerate(zip(proj.indices, proj.signs, proj.leaf_dims, proj.layer_sizes)):
+        j_leaf = np.asarray(leaves[leaf]).reshape(N, K_OUT, d)
+        if idx is None:
+            blocks.append(j_leaf)
+            continue
+        idx, sgn = np.asarray(idx), np.asarray(sgn)
+        real = sgn != 0
+        assert np.array_equal(np.sort(idx[real]), np.arange(d))  # a partition of the coordinates
+        assert set(np.unique(sgn[real])) <= {-1, 1}
+        sizes = real.sum(axis=0)
+        assert sizes.max() - sizes.min() <= 1  # balanced buckets
+        P = np.zeros((d, m))
+        for b in range(m):
+            P[idx[real[:, b], b], b] = sgn[real[:, b], b]
+        blocks.append(j_leaf @ P)
+    np.testing.assert_allclose(res.phi, np.concatenate(blocks, axis=-1), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["subsample", "countsketch", "gaussian"])
 def test_cross_features_and_batches_consistent(problem, method):
     """Features of [X; X_val] in one call equal train + projection.features(X_val); batch size changes nothing."""
     apply_fn, params, X, X_val, _ = problem
@@ -144,7 +175,7 @@ def test_sharded_eight_devices_equals_one(tmp_path):
     exec(PLAIN_MLP, namespace)
     X = np.random.default_rng(3).normal(size=(N + 1, 4))
     ref = {}
-    for method in ("subsample", "gaussian"):
+    for method in ("subsample", "countsketch", "gaussian"):
         res = projected_features(namespace["plain_mlp"], namespace["plain_params"](), X, coords_per_layer=10, seed=5,
                                  method=method, batch_size=5, progress=False)
         ref[f"{method}_phi"], ref[f"{method}_out"] = res.phi, res.outputs
@@ -155,7 +186,7 @@ def test_sharded_eight_devices_equals_one(tmp_path):
         from ntk_info.features import projected_features
         assert len(jax.devices()) == 8, jax.devices()
         ref = np.load({str(tmp_path / "ref.npz")!r})
-        for method in ("subsample", "gaussian"):
+        for method in ("subsample", "countsketch", "gaussian"):
             res = projected_features(plain_mlp, plain_params(), ref["X"], coords_per_layer=10, seed=5,
                                      method=method, batch_size=5, progress=False)
             assert res.batch_size == 8, res.batch_size  # padded to a multiple of the device count

@@ -557,7 +557,8 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
     g.add_argument("--weight-decay", type=float, default=0.0, help="λ, decay toward the init (default: 0)")
     g.add_argument("--coords-per-layer", type=int, default=2000,
                    help="random Jacobian coordinates kept per layer for the kernel (default: 2000)")
-    g.add_argument("--projection", default="countsketch", choices=("countsketch", "subsample", "gaussian", "rademacher"),
+    g.add_argument("--projection", default="countsketch",
+                   choices=("countsketch", "subsample", "gaussian", "rademacher"),
                    help="per-layer projection of the Jacobian: countsketch (default, most accurate per "
                         "coordinate), subsample (the SI paper's), gaussian/rademacher (dense, slower)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")

@@ -29,7 +29,8 @@ Sources: SI paper (Harutyunyan et al. 2021) eq. 10–11, 16–17, App. E; Gu & E
 downdate. Accuracy: in float64 (jax x64 on) the outputs agree with brute-force retraining to
 ~1e-13 relative to the largest entry on well-conditioned problems (≤ 1e-10 with spectra spanning 6
 decades; tests require 1e-8). With x64 off (float32) measured 5e-7 to 5e-6 on the tests' tiny
-problems and 2e-4 to 3e-4 (both solvers) for n = 200, t = 500 GD steps; the error grows with the condition number of the kept spectrum and with η t λmax (the
+problems and 2e-4 to 3e-4 (both solvers) for n = 200, t = 500 GD steps; the error grows with
+the condition number of the kept spectrum and with η t λmax (the
 difference φ(s)∘c - Q φ(μ) Qᵀ(...) cancels), so use float64 for spectra spanning > ~4 decades.
 """
 from __future__ import annotations
@@ -392,7 +393,9 @@ def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
     for t in steps_grid:
         for lam in lams:
             if np.isinf(t):
-                fit = rational.PartialFractions(0.0, np.array([-lam], complex), np.array([1.0 + 0j])) if lam > 0 else None
+                # φ = 1/(μ + λ): exactly one pole at -λ (none for λ = 0, a pseudo-inverse)
+                fit = rational.PartialFractions(0.0, np.array([-lam], complex), np.array([1.0 + 0j])) if lam > 0 \
+                    else None
             else:
                 def h(mu, t=t, lam=lam):
                     with enable_x64():  # the fit is float64 even when the engine runs in float32
@@ -516,7 +519,8 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         fractions = _partial_fractions(float(s[-1]), float(lr), steps_grid, lams, bool(discrete), dtype)
         if fractions is None and solver == "rational":
             raise ValueError("solver: 'rational' found no verified partial-fraction form of the filter for every "
-                             "grid point (t = ∞ with weight_decay = 0, or η·t·λmax too large); use solver='auto'.")
+                             "grid point (t = ∞ with weight_decay = 0, or η·t·λmax too large); "
+                             "use solver='auto'.")
         path = "rational" if fractions is not None else path
     # Full dual eigenbasis only for dual Schur (same signature for all downdates: one compilation per shape).
     V, s_all, rho = (fac.V, fac.s_all, fac.V.T @ R) if path == "schur_dual" else (None, None, None)

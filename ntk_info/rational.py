@@ -13,7 +13,8 @@ SIAM J. Sci. Comput. 2018) on a grid of μ / μ_max that is dense near both ends
 for the AAA poles, after dropping spurious poles within 1e-6·μ_max of [0, μ_max] (Froissart
 doublets). The partial-fraction form is then checked on a 4x denser grid: the fit is used only if
 every pole lies at least 4 local grid spacings off the interval (so no error bump fits between
-check points), its largest error there is ≤ ``tol`` times max|h|, and the rounding amplification Σ_j |a_j / (μ - p_j)| stays below 1e4·max|h|; otherwise
+check points), its largest error there is ≤ ``tol`` times max|h|, and the rounding amplification
+Σ_j |a_j / (μ - p_j)| stays below 1e4·max|h|; otherwise
 ``fit_filter`` returns None and the caller falls back to the exact eigen-downdate.
 """
 from __future__ import annotations

@@ -310,14 +310,16 @@ def _key_findings(out_dir, found):
     if "detection.csv" in found:
         rows = read_csv(os.path.join(out_dir, "detection.csv"))
         best = max(rows, key=lambda r: float(r["auroc"]))
-        line = (f"Best detector of {best.get('bad', 'bad')} samples: {best['method']} (AUROC {float(best['auroc']):.3f}, "
+        line = (f"Best detector of {best.get('bad', 'bad')} samples: {best['method']} "
+                f"(AUROC {float(best['auroc']):.3f}, "
                 f"average precision {float(best['ap']):.3f}; inspecting its top 10% finds "
                 f"{100 * float(best['found_top10']):.0f}% of them).")
         ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual")]
         outside = {r["method"]: r for r in rows}.get("cleanlab")
         if ours and outside:
             top = max(ours, key=lambda r: float(r["auroc"]))
-            line += (f" Best ntk_info score: {top['method']} (AUROC {float(top['auroc']):.3f}, AP {float(top['ap']):.3f})"
+            line += (f" Best ntk_info score: {top['method']} (AUROC {float(top['auroc']):.3f}, "
+                     f"AP {float(top['ap']):.3f})"
                      f" vs cleanlab (AUROC {float(outside['auroc']):.3f}, AP {float(outside['ap']):.3f}).")
         lines.append(line)
     if "summarize.csv" in found:

@@ -42,8 +42,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import enable_x64
 from tqdm.auto import tqdm
+
+# jax ≥ 0.6 has jax.enable_x64; 0.4.35 (the neural-tangents extra's JAX) has it under experimental
+try:
+    from jax import enable_x64 as _enable_x64
+except ImportError:
+    from jax.experimental import enable_x64 as _enable_x64
 
 from ntk_info import rational, secular
 from ntk_info.dynamics import _check_settings, _warn_unstable, filter_values
@@ -398,7 +403,7 @@ def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
                     else None
             else:
                 def h(mu, t=t, lam=lam):
-                    with enable_x64():  # the fit is float64 even when the engine runs in float32
+                    with _enable_x64(True):  # the fit is float64 even when the engine runs in float32
                         return np.asarray(filter_values(jnp.asarray(mu + lam, jnp.float64), lr=lr, steps=t,
                                                         discrete=discrete))
 

@@ -1,15 +1,24 @@
-"""Model zoo: the SI paper's networks as neural-tangents stax models, reproducible from a seed.
+"""Model zoo: the SI paper's networks in plain JAX, NTK parameterization, reproducible from a seed.
 
 Every model is an ``apply_fn(params, x)`` on a pytree of parameters, so everything downstream
-(features, training, influence) also works for flax/equinox modules through their apply.
+(features, training, influence) works the same for Flax / Equinox modules through their apply.
 Images are NHWC; MLPs flatten their input first.
+
+Parameterization (Jacot et al. 2018; neural-tangents stax with ``W_std=1``, no bias): every weight
+is drawn from N(0, 1) and the layer computes ``x @ W / sqrt(fan_in)`` (Dense) or
+``conv(x, W) / sqrt(fan_in)`` with fan_in = in_channels · filter size (Conv). The parameters keep
+stax's layout — a list with one entry per layer, ``()`` for parameter-free layers and ``(W, None)``
+for Dense / Conv (W as (in, out) or HWIO) — so that weights move between the two unchanged and
+``tests/test_models_nt.py`` can check that both give the same network and NTK.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["Model", "mlp", "cnn", "resnet", "get_model", "MODEL_NAMES", "init_params"]
 
@@ -24,18 +33,83 @@ class Model:
     num_outputs: int
 
 
-def _stax():
-    from neural_tangents import stax  # imported here: neural-tangents pulls in TensorFlow
+# ----------------------------------------------------------------------------- layers
+# A layer is (init(key, shape) -> (out_shape, params), apply(params, x) -> y), as in stax.
 
-    return stax
+
+def _dense(out_dim):
+    def init(key, shape):
+        return shape[:-1] + (out_dim,), (jax.random.normal(key, (shape[-1], out_dim)), None)
+
+    def apply(params, x):
+        W = params[0]
+        return x @ W / math.sqrt(W.shape[0])
+
+    return init, apply
+
+
+def _conv(out_chan, filter_shape, strides=(1, 1), padding="VALID"):
+    def out_shape(shape):
+        dummy = jax.ShapeDtypeStruct((1,) + tuple(shape[1:]), jnp.float32)
+        kernel = jax.ShapeDtypeStruct(tuple(filter_shape) + (shape[-1], out_chan), jnp.float32)
+        return shape[:1] + jax.eval_shape(lambda a, b: _conv_apply(a, b, strides, padding), dummy, kernel).shape[1:]
+
+    def init(key, shape):
+        W = jax.random.normal(key, tuple(filter_shape) + (shape[-1], out_chan))
+        return out_shape(shape), (W, None)
+
+    def apply(params, x):
+        W = params[0]
+        fan_in = W.shape[0] * W.shape[1] * W.shape[2]
+        return _conv_apply(x, W, strides, padding) / math.sqrt(fan_in)
+
+    return init, apply
+
+
+def _conv_apply(x, W, strides, padding):
+    return jax.lax.conv_general_dilated(x, W.astype(x.dtype), tuple(strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _stateless(fn, shape_fn=lambda shape: shape):
+    return (lambda key, shape: (shape_fn(shape), ())), (lambda params, x: fn(x))
+
+
+_relu = _stateless(jax.nn.relu)
+_flatten = _stateless(lambda x: x.reshape(x.shape[0], -1),
+                      lambda shape: (shape[0], math.prod(shape[1:])))
+_global_avg_pool = _stateless(lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim - 1))),
+                              lambda shape: (shape[0], shape[-1]))
+
+
+def _serial(*layers):
+    def init(key, shape):
+        params = []
+        for (layer_init, _), layer_key in zip(layers, jax.random.split(key, len(layers))):
+            shape, p = layer_init(layer_key, shape)
+            params.append(p)
+        return shape, params
+
+    def apply(params, x):
+        for (_, layer_apply), p in zip(layers, params):
+            x = layer_apply(p, x)
+        return x
+
+    return init, apply
+
+
+def _residual(*layers):
+    """x + main(x): params are the main branch's list (stax FanOut/parallel/FanInSum has the same network)."""
+    main_init, main_apply = _serial(*layers)
+    return main_init, lambda params, x: x + main_apply(params, x)
+
+
+# ----------------------------------------------------------------------------- the zoo
 
 
 def mlp(num_outputs: int = 1, width: int = 1024) -> Model:
     """One hidden layer of ``width`` ReLU units (SI paper §6, App. A.3), NTK parameterization."""
-    stax = _stax()
-    init_fn, apply_fn, _ = stax.serial(
-        stax.Flatten(), stax.Dense(width), stax.Relu(), stax.Dense(num_outputs)
-    )
+    init_fn, apply_fn = _serial(_flatten, _dense(width), _relu, _dense(num_outputs))
     return Model("mlp", init_fn, apply_fn, num_outputs)
 
 
@@ -45,34 +119,30 @@ def cnn(num_outputs: int = 1) -> Model:
     Conv 32@4x4/2, Conv 32@4x4/2 (``SAME`` equals the paper's padding 1 at stride 2 on even sizes),
     Conv 64@3x3, Conv 256@3x3 (valid), FC 256, FC ``num_outputs``; ReLU after every hidden layer.
     """
-    stax = _stax()
-    init_fn, apply_fn, _ = stax.serial(
-        stax.Conv(32, (4, 4), (2, 2), "SAME"), stax.Relu(),
-        stax.Conv(32, (4, 4), (2, 2), "SAME"), stax.Relu(),
-        stax.Conv(64, (3, 3), (1, 1), "VALID"), stax.Relu(),
-        stax.Conv(256, (3, 3), (1, 1), "VALID"), stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(256), stax.Relu(),
-        stax.Dense(num_outputs),
+    init_fn, apply_fn = _serial(
+        _conv(32, (4, 4), (2, 2), "SAME"), _relu,
+        _conv(32, (4, 4), (2, 2), "SAME"), _relu,
+        _conv(64, (3, 3), (1, 1), "VALID"), _relu,
+        _conv(256, (3, 3), (1, 1), "VALID"), _relu,
+        _flatten,
+        _dense(256), _relu,
+        _dense(num_outputs),
     )
     return Model("cnn", init_fn, apply_fn, num_outputs)
 
 
 def resnet(num_outputs: int = 1, channels: int = 32, blocks: int = 2) -> Model:
-    """A small ResNet-style network: a stem conv, ``blocks`` residual blocks, global average pool."""
-    stax = _stax()
+    """A small ResNet-style network: a stem conv, ``blocks`` pre-activation residual blocks
+    (x + conv(relu(conv(relu(x))))), ReLU, global average pool, a dense head."""
 
     def block():
-        main = stax.serial(
-            stax.Relu(), stax.Conv(channels, (3, 3), padding="SAME"),
-            stax.Relu(), stax.Conv(channels, (3, 3), padding="SAME"),
-        )
-        return stax.serial(stax.FanOut(2), stax.parallel(main, stax.Identity()), stax.FanInSum())
+        return _residual(_relu, _conv(channels, (3, 3), padding="SAME"), _relu,
+                         _conv(channels, (3, 3), padding="SAME"))
 
-    init_fn, apply_fn, _ = stax.serial(
-        stax.Conv(channels, (3, 3), padding="SAME"),
+    init_fn, apply_fn = _serial(
+        _conv(channels, (3, 3), padding="SAME"),
         *[block() for _ in range(blocks)],
-        stax.Relu(), stax.GlobalAvgPool(), stax.Dense(num_outputs),
+        _relu, _global_avg_pool, _dense(num_outputs),
     )
     return Model("resnet", init_fn, apply_fn, num_outputs)
 

@@ -387,6 +387,14 @@ def leave_group_out(kernel=None, *, features=None, residuals, groups, lr, steps,
         if fits is None:
             chosen = ["refactor"] * len(group_rows)
 
+    trained = {}  # row set -> coefficients: with two groups, one's complement is the other's block
+
+    def fit_on(rows):
+        key = rows.tobytes()
+        if key not in trained:
+            trained[key] = _train(data, rows, grid, lr, discrete)
+        return trained[key]
+
     G = len(group_rows)
     weight = np.zeros((n_grid, G))
     held_out = np.zeros_like(fitted)
@@ -395,7 +403,7 @@ def leave_group_out(kernel=None, *, features=None, residuals, groups, lr, steps,
     for g, rows in enumerate(group_rows):
         keep = np.setdiff1d(np.arange(N), rows)
         if chosen[g] == "refactor":
-            coef = _train(data, keep, grid, lr, discrete)
+            coef = fit_on(keep)
             weight[:, g] = _weight_change_sq(data, full, coef, keep)
             held_out[:, rows] = data.R[rows][None] - _predict(data, coef, keep, rows)
             if has_cross:
@@ -407,7 +415,7 @@ def leave_group_out(kernel=None, *, features=None, residuals, groups, lr, steps,
             if has_cross:
                 without[:, g] = cross_fit - np.einsum("ml,glq->gmq", uc.Bv, d)
         if has_cross:
-            only[:, g] = _predict(data, _train(data, rows, grid, lr, discrete), rows, None)
+            only[:, g] = _predict(data, fit_on(rows), rows, None)
 
     shape = (len(steps_grid), len(lams))
     squeeze = tuple(ax for ax, arg in ((0, steps), (1, weight_decay)) if np.ndim(arg) == 0)

@@ -1,0 +1,97 @@
+"""Source values (ntk_info.apps.sources): the planted clean-vs-noisy case, the table's columns, formatting."""
+import numpy as np
+import pytest
+from reference import trained_weights
+from sklearn.datasets import load_digits
+
+from ntk_info.apps.sources import classification_metrics, format_table, source_table
+from ntk_info.data import add_label_noise
+from ntk_info.loo import leave_one_out
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """1,200 digits in two sources of 600: 'clean', and 'noisy' with 30 % of its labels flipped; a
+    random-ReLU-feature model (p = 500) trained by 300 GD steps; 300 validation and 297 test digits."""
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    tr, va, te = order[:1200], order[1200:1500], order[1500:]
+    labels = y[tr].copy()
+    labels[600:], _, _ = add_label_noise(labels[600:], 0.3, 10, seed=1)
+    W = rng.normal(size=(64, 500)) * np.sqrt(2 / 64)
+    feat = lambda A: np.maximum(A / 16.0 @ W, 0) / np.sqrt(500)  # noqa: E731
+    F = feat(X[tr])
+    lr = 1.0 / np.linalg.eigvalsh(F.T @ F).max()
+    return dict(F=F, Fv=feat(X[va]), Ft=feat(X[te]), labels=labels, y_val=y[va], y_test=y[te],
+                source=np.repeat(["clean", "noisy"], 600), lr=lr, steps=300)
+
+
+def _table(d, scores=None, method="auto"):
+    return source_table(features=d["F"], residuals=np.eye(10)[d["labels"]], labels=d["labels"], groups=d["source"],
+                        lr=d["lr"], steps=d["steps"], discrete=True, val_features=d["Fv"],
+                        val_outputs0=np.zeros((len(d["y_val"]), 10)), val_labels=d["y_val"],
+                        test_features=d["Ft"], test_outputs0=np.zeros((len(d["y_test"]), 10)),
+                        test_labels=d["y_test"], scores=scores, method=method)
+
+
+def test_planted_clean_source_is_worth_more(planted):
+    """Issue 13's acceptance case: without the clean source the model is worse than without the noisy one —
+    while the per-sample scores (surprise) are higher on the noisy source, and detection flags it."""
+    d = planted
+    loo = leave_one_out(features=d["F"], residuals=np.eye(10)[d["labels"]], lr=d["lr"], steps=d["steps"],
+                        discrete=True, cross_features=d["Fv"], progress=False)
+    scores = {"fsi": np.asarray(loo.prediction_change_sq) / (2 * len(d["y_val"])),
+              "loo_residual": np.linalg.norm(np.asarray(loo.fitted_residuals)
+                                             + np.asarray(loo.self_prediction_change), axis=1)}
+    rows = {r["group"]: r for r in _table(d, scores)}
+    clean, noisy, full = rows["clean"], rows["noisy"], rows["(all)"]
+    print(format_table(list(rows.values()), list(clean)))
+    assert clean["val_accuracy_without"] < noisy["val_accuracy_without"]
+    assert clean["val_loss_without"] > noisy["val_loss_without"]
+    assert clean["val_accuracy_only"] > noisy["val_accuracy_only"]
+    assert clean["delta_val_accuracy_without"] < 0
+    assert clean["heldout_accuracy"] > noisy["heldout_accuracy"]
+    assert noisy["fsi_mean"] > clean["fsi_mean"] and noisy["loo_residual_mean"] > clean["loo_residual_mean"]
+    assert noisy["flagged_share"] > clean["flagged_share"]
+    assert full["count"] == 1200 and full["val_loss_without"] == ""
+    assert clean["delta_val_loss_without"] == pytest.approx(clean["val_loss_without"] - full["val_loss_only"])
+
+
+def test_table_values_equal_brute_force_retraining(planted):
+    """Every loss/accuracy column against retraining the linearized model without / on only each source."""
+    d = planted
+    rows = {r["group"]: r for r in _table(d, method="refactor")}
+    Y = np.eye(10)[d["labels"]]
+    for name in ("clean", "noisy"):
+        inside = d["source"] == name
+        for kind, keep in (("without", ~inside), ("only", inside)):
+            w = trained_weights(d["F"][keep], Y[keep], d["lr"], d["steps"], 0.0, True)
+            loss, acc = classification_metrics(d["Fv"] @ w, d["y_val"])
+            assert rows[name][f"val_loss_{kind}"] == pytest.approx(loss, rel=1e-9)
+            assert rows[name][f"val_accuracy_{kind}"] == acc
+            assert rows[name][f"test_accuracy_{kind}"] == classification_metrics(d["Ft"] @ w, d["y_test"])[1]
+
+
+def test_classification_metrics_one_and_many_outputs():
+    loss, acc = classification_metrics(np.array([[0.9, 0.1], [0.2, 0.4]]), np.array([0, 0]))
+    assert loss == pytest.approx(0.5 * ((0.01 + 0.01) + (0.64 + 0.16)) / 2) and acc == 0.5
+    loss, acc = classification_metrics(np.array([[0.3], [-0.2], [0.1]]), np.array([1, 0, 0]))
+    assert acc == pytest.approx(2 / 3) and loss == pytest.approx(0.5 * (0.49 + 0.04 + 0.01) / 3)
+
+
+def test_format_table_keeps_significant_digits():
+    text = format_table([{"group": "a", "mean": 5.6e-5}, {"group": "b", "mean": 4.1e-5}], ["group", "mean"])
+    assert "5.6e-05" in text and "4.1e-05" in text and "0.0000" not in text
+
+
+def test_errors_name_the_argument(planted):
+    d = planted
+    with pytest.raises(ValueError, match="val_features"):
+        source_table(features=d["F"], residuals=np.eye(10)[d["labels"]], labels=d["labels"], groups=d["source"],
+                     lr=d["lr"], steps=3, val_features=d["Fv"][:, :4], val_outputs0=np.zeros((300, 10)),
+                     val_labels=d["y_val"])
+    with pytest.raises(ValueError, match="flag_score"):
+        source_table(features=d["F"], residuals=np.eye(10)[d["labels"]], labels=d["labels"], groups=d["source"],
+                     lr=d["lr"], steps=3, val_features=d["Fv"], val_outputs0=np.zeros((300, 10)),
+                     val_labels=d["y_val"], scores={"fsi": np.ones(1200)})

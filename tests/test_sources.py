@@ -95,3 +95,27 @@ def test_errors_name_the_argument(planted):
         source_table(features=d["F"], residuals=np.eye(10)[d["labels"]], labels=d["labels"], groups=d["source"],
                      lr=d["lr"], steps=3, val_features=d["Fv"], val_outputs0=np.zeros((300, 10)),
                      val_labels=d["y_val"], scores={"fsi": np.ones(1200)})
+
+
+def test_report_draws_source_value_and_score_distributions(tmp_path):
+    from ntk_info.apps.sources import add_retrained_columns
+    from ntk_info.report import build_report, write_csv
+
+    rows = [{"by": "source", "group": g, "count": 3, "val_loss_without": lw, "val_accuracy_without": aw,
+             "delta_val_loss_without": lw - 0.1, "delta_val_accuracy_without": aw - 0.9, "val_loss_only": lo,
+             "val_accuracy_only": ao, "delta_val_loss_only": lo - 0.1, "delta_val_accuracy_only": ao - 0.9,
+             "fsi_mean": 1e-5, "loo_residual_mean": 0.5, "flagged_share": 0.1}
+            for g, lw, aw, lo, ao in (("clean", 0.2, 0.85, 0.12, 0.89), ("noisy", 0.12, 0.89, 0.2, 0.85))]
+    total = {k: "" for k in rows[0]}
+    total.update(by="source", group="(all)", count=6, val_loss_only=0.1, val_accuracy_only=0.9)
+    rows = add_retrained_columns(rows + [total], {"full": 0.91, "without": {"clean": 0.8, "noisy": 0.9},
+                                                  "only": {"clean": 0.9, "noisy": 0.8}})
+    assert rows[0]["delta_val_accuracy_without_retrained"] == pytest.approx(0.8 - 0.91)
+    write_csv(tmp_path / "sources.csv", rows)
+    write_csv(tmp_path / "scores.csv", [{"index": i, "label": i % 2, "source": ["clean", "noisy"][i // 3],
+                                         "fsi": 1e-5 * (i + 1), "loo_residual": 0.1 * (i + 1)} for i in range(6)])
+    html = open(build_report(str(tmp_path))).read()
+    for name in ("source_value_source", "source_scores_source"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000
+    assert "wrong labels are surprising" in html and "network retrained" in html
+    assert "0.0000" not in html and "1e-05" in html

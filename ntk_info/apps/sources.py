@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-__all__ = ["group_summary", "QUANTILES", "classification_metrics", "source_table", "retrained_source_accuracy",
+__all__ = ["group_summary", "QUANTILES", "classification_metrics", "source_table", "network_source_table",
+           "retrained_source_accuracy",
            "add_retrained_columns", "format_table", "SOURCE_COLUMNS"]
 
 QUANTILES = (0.1, 0.25, 0.75, 0.9)
@@ -177,6 +178,36 @@ def source_table(*, features, residuals, labels, groups, lr, steps, weight_decay
     if scores:
         total["flagged_share"] = float(flag_fraction)
     return rows + [total]
+
+
+def network_source_table(apply_fn, params0, X, Y, labels, groups, X_val, y_val, X_test=None, y_test=None, *, lr,
+                         steps, weight_decay=0.0, discrete=True, coords_per_layer=2000, seed=0,
+                         projection="countsketch", kernel="trace", scores=None, by="source", method="auto",
+                         progress=True) -> list[dict]:
+    """``source_table`` for a network ``apply_fn`` linearized at ``params0``: projected per-layer Jacobian
+    features (``ntk_info.projected_features``, one projection for the training, validation and test
+    inputs; ``coords_per_layer``, ``seed``, ``projection``), residuals Y - f0(X), and f0 at the
+    validation/test inputs. ``kernel="trace"``: the k outputs share the output-averaged kernel (as
+    ``ntk_info.score(kernel="trace")``); ``"full"``: the (n·k)² kernel.
+    """
+    from ntk_info.features import projected_features
+
+    if kernel not in ("trace", "full"):
+        raise ValueError(f"kernel: expected 'trace' or 'full', got {kernel!r}")
+    feats = projected_features(apply_fn, params0, X, coords_per_layer=coords_per_layer, seed=seed, method=projection,
+                               progress=progress)
+    cross = [feats.projection.features(A, progress=progress) for A in (X_val, X_test) if A is not None]
+    n, k = feats.outputs.shape
+
+    def shaped(phi):
+        return phi.reshape(phi.shape[0], -1) / math.sqrt(k) if kernel == "trace" else phi
+
+    test = dict(test_features=shaped(cross[1].phi), test_outputs0=cross[1].outputs, test_labels=y_test) \
+        if X_test is not None else {}
+    return source_table(features=shaped(feats.phi), residuals=np.asarray(Y, np.float64) - feats.outputs,
+                        labels=labels, groups=groups, lr=lr, steps=steps, weight_decay=weight_decay,
+                        discrete=discrete, val_features=shaped(cross[0].phi), val_outputs0=cross[0].outputs,
+                        val_labels=y_val, scores=scores, by=by, method=method, **test)
 
 
 def retrained_source_accuracy(apply_fn, params0, X, Y, groups, X_val, y_val, *, lr: float, steps: int,

@@ -29,7 +29,8 @@ test: pass them together), and the held-out residuals y_i - f_{-G}(x_i) on the g
 (the exact quantity the MPE paper's leave-one-class-out estimate, eq. 20, approximates; compare with
 ``ntk_info.mpe.loco_estimate``). Eigenvalues ≤ max(rows, p)·eps·s_max are dropped (they carry no weight
 change, exactly as in ``leave_one_out``); t = ∞ with λ = 0 is the pseudo-inverse, the limit of gradient
-flow from w0 (min-norm least squares). Everything is computed with numpy in float64.
+flow from w0 (min-norm least squares). Features with p ≥ N are turned into the kernels K = ΦΦᵀ and
+K_v = Φ_vΦᵀ once (||w - w_{-G}||² = δᵀKδ, δ = a - pad(a_C)). Everything is computed with numpy in float64.
 """
 from __future__ import annotations
 
@@ -160,6 +161,10 @@ def _prepare(kernel, features, residuals, cross_kernel, cross_features):
                 raise ValueError(f"cross_features: expected shape (m, {', '.join(map(str, F.shape[1:]))}) to match "
                                  f"features {F.shape}, got {Fv.shape}.")
             data.phiv = Fv.reshape(-1, F.shape[-1])
+        if data.phi.shape[1] >= data.rows:  # wide features: form the kernels once, work in the dual
+            data.K = data.phi @ data.phi.T
+            data.Kv = None if data.phiv is None else data.phiv @ data.phi.T
+            data.phi = data.phiv = None
     return data
 
 

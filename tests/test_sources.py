@@ -119,3 +119,30 @@ def test_report_draws_source_value_and_score_distributions(tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000
     assert "wrong labels are surprising" in html and "network retrained" in html
     assert "0.0000" not in html and "1e-05" in html
+
+
+def test_retrained_source_accuracy_equals_training_on_the_subset():
+    """The real network without / with only each source equals training it on those rows directly."""
+    import jax.numpy as jnp
+
+    from ntk_info.apps.sources import retrained_source_accuracy
+    from ntk_info.models import get_model, init_params
+    from ntk_info.training import train
+
+    rng = np.random.default_rng(0)
+    X, labels = rng.normal(size=(24, 5)), rng.integers(0, 3, size=24)
+    Xv, yv = rng.normal(size=(15, 5)), rng.integers(0, 3, size=15)
+    groups = np.array(["a", "b", "c"] * 8)
+    model = get_model("mlp", 3, width=16)
+    params0 = init_params(model, (5,), seed=0)
+    Y = np.eye(3)[labels]
+    got = retrained_source_accuracy(model.apply_fn, params0, X, Y, groups, Xv, yv, lr=0.05, steps=20, progress=False)
+
+    def accuracy(keep):
+        params = train(model.apply_fn, params0, jnp.asarray(X[keep]), jnp.asarray(Y[keep]), lr=0.05, steps=20)
+        return float(np.mean(np.argmax(np.asarray(model.apply_fn(params, jnp.asarray(Xv))), axis=1) == yv))
+
+    same = lambda a, b: a == pytest.approx(b, abs=1e-6)  # noqa: E731  (float32 means; steps of 1/15)
+    assert same(got["full"], accuracy(np.ones(24, bool)))
+    for g in "abc":
+        assert same(got["without"][g], accuracy(groups != g)) and same(got["only"][g], accuracy(groups == g))

@@ -397,8 +397,8 @@ _SOURCE_CAVEAT = ("Per-sample F-SI and the LOO residual measure how surprising a
 
 
 def source_value_figure(rows, title):
-    """Per source: Δ validation accuracy without it (linearized, and the real network retrained when the
-    table has it) and the validation accuracy with only it, against the full model's."""
+    """Per source: validation accuracy lost without it (-Δ; linearized, and the real network retrained when
+    the table has it) and the validation accuracy with only it, against the full model's."""
     plt = _plt()
     body = [r for r in rows if r["group"] != "(all)"]
     full = [r for r in rows if r["group"] == "(all)"]
@@ -408,12 +408,12 @@ def source_value_figure(rows, title):
     width = 0.38 if retrained else 0.6
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     shift = -width / 2 if retrained else 0.0
-    axes[0].bar(x + shift, [100 * float(r["delta_val_accuracy_without"]) for r in body], width,
+    axes[0].bar(x + shift, [-100 * float(r["delta_val_accuracy_without"]) for r in body], width,
                 label="linearized (exact)", color="tab:blue")
     axes[1].bar(x + shift, [100 * float(r["val_accuracy_only"]) for r in body], width, label="linearized (exact)",
                 color="tab:blue")
     if retrained:
-        axes[0].bar(x + width / 2, [100 * float(r["delta_val_accuracy_without_retrained"]) for r in body], width,
+        axes[0].bar(x + width / 2, [-100 * float(r["delta_val_accuracy_without_retrained"]) for r in body], width,
                     label="network retrained", color="tab:orange")
         axes[1].bar(x + width / 2, [100 * float(r["val_accuracy_only_retrained"]) for r in body], width,
                     label="network retrained", color="tab:orange")
@@ -424,11 +424,12 @@ def source_value_figure(rows, title):
             axes[1].axhline(100 * float(full[0]["val_accuracy_only_retrained"]), color="tab:orange", ls="--", lw=1,
                             label="all sources (retrained)")
     axes[0].axhline(0, color="gray", lw=0.8)
-    axes[0].set_ylabel("Δ validation accuracy without it (points)")
-    axes[0].set_title(f"{title}: value (more negative = worth more)")
+    axes[0].set_ylabel("validation accuracy lost without it (points)")
+    axes[0].set_title(f"value of each {title} (higher = worth more)")
     axes[1].set_ylabel("validation accuracy (%)")
     axes[1].set_title(f"{title}: trained on only this {rows[0]['by']}")
-    low = min(100 * float(r["val_accuracy_only"]) for r in body)
+    low = min(100 * float(r[key]) for r in body for key in ("val_accuracy_only", "val_accuracy_only_retrained")
+              if r.get(key, "") != "")
     axes[1].set_ylim(max(0.0, low - 10), 100)
     for ax in axes:
         ax.set_xticks(x)
@@ -472,7 +473,8 @@ def _sources_section(page, rows, cols):
     for by in dict.fromkeys(r["by"] for r in rows):
         part = [r for r in rows if r["by"] == by]
         page.figure(f"source_value_{by}", source_value_figure(part, by),
-                    f"Value of each {by}: change of validation accuracy without it, and accuracy with only it.")
+                    f"Value of each {by}: validation accuracy lost when the model is trained without it (negative: the "
+                    f"model is better without it), and accuracy with only it.")
         names = [str(r["group"]) for r in part if r["group"] != "(all)"]
         if cols and by in cols:
             page.figure(f"source_scores_{by}", source_scores_figure(cols, cols[by].astype(str), names, by),

@@ -118,3 +118,12 @@ def test_npz_float_labels(tmp_path):
         load_dataset(_npz(tmp_path, X=X, y=y * 0.5))
     data = load_dataset(_npz(tmp_path, X=X, y=y.astype(float)))  # whole numbers stored as floats: fine
     assert data.class_names == ("0", "1")
+
+
+def test_pipeline_config_carries_the_delimiter(tmp_path):
+    from ntk_info.apps.pipeline import ConfigError, PipelineConfig, load_data
+
+    path = _write(tmp_path, "\n".join(_rows(n=40, delimiter="|")) + "\n")
+    assert load_data(PipelineConfig(data=path, delimiter="|")).X.shape[1] == 2
+    with pytest.raises(ConfigError, match="expected one character"):
+        load_data(PipelineConfig(data=path, delimiter="||"))

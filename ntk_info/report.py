@@ -526,7 +526,7 @@ def source_value_figure(rows, title):
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30 if len(names) > 6 else 0, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     return fig
 

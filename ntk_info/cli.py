@@ -306,7 +306,8 @@ def _config(args):
         classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     config = PipelineConfig(
         data=args.data, labels=args.labels, label_column=args.label_column, source_column=args.source_column,
-        group_column=args.group_column, delimiter=args.delimiter, classes=classes, n_train=args.n_train, val_fraction=args.val_fraction,
+        group_column=args.group_column, delimiter=args.delimiter, classes=classes, n_train=args.n_train,
+        val_fraction=args.val_fraction,
         noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
         weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
         kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)

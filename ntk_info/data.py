@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Dataset", "load_dataset", "DATASET_NAMES", "CSV_DELIMITERS", "read_idx", "add_label_noise", "fgsm", "AdversarialResult"]
+__all__ = ["Dataset", "load_dataset", "DATASET_NAMES", "CSV_DELIMITERS", "read_idx", "add_label_noise", "fgsm",
+           "AdversarialResult"]
 
 DATASET_NAMES = ("digits", "breast-cancer", "iris", "wine")
 
@@ -205,7 +206,8 @@ def _npz_array(path, f, name):
         if arr.dtype.kind == "f":
             bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
             if bad.size:
-                raise ValueError(f"{path}: array '{name}' has {bad.size} non-integer values (e.g. {arr[bad[0]].item()!r} at "
+                example = arr[bad[0]].item()
+                raise ValueError(f"{path}: array '{name}' has {bad.size} non-integer values (e.g. {example!r} at "
                                  f"index {bad[0]}); labels are classes: store integers (or names) — regression "
                                  "targets are not supported")
             arr = arr.astype(np.int64)  # 1.0 and 1 are one class

@@ -14,7 +14,8 @@ B, complement C) means a_{-G} = g(K_CC + λI) r_C. Two exact ways, chosen per gr
               (``ntk_info.rational``) and every resolvent is a |B| × |B| Woodbury solve:
                   d_G = Uᵀ(w - w_{-G}) = c0 Z r_B + Σ_j a_j F_j⁻¹ Z N_j⁻¹ (r_B - Zᵀ F_j⁻¹ c),
                   F_j = diag(s) - p_j,  N_j = I - Zᵀ F_j⁻¹ Z,  c = Uᵀ Jᵀ r;
-              at t = ∞ (λ > 0) block Schur / push-through, d_G = H⁻¹Z (I - Zᵀ H⁻¹ Z)⁻¹ (r_B - Zᵀ H⁻¹ c),
+              at t = ∞ (λ > 0) block Schur / push-through,
+                  d_G = H⁻¹Z (I - Zᵀ H⁻¹ Z)⁻¹ (r_B - Zᵀ H⁻¹ c),
               H = diag(s + λ). O(P·r·|B|²) per group and grid point (P ≈ 10-25 poles, r = rank): the
               right choice for many small groups (classes of a large set, single samples, where it is
               ``leave_one_out``'s formula with the block B). Not used where no fit verifies or at t = ∞

@@ -31,6 +31,8 @@ _EXPORTS = {
     "linearize_subset": "adapters",
     "load_params": "checkpoint",
     "save_params": "checkpoint",
+    "pretrain_then_finetune": "training",
+    "replace_head": "training",
     # one-call scorer
     "score": "scorer",
     "ScoreResult": "scorer",

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["from_flax", "from_equinox", "linearize_subset"]
+__all__ = ["from_flax", "from_equinox", "linearize_subset", "selected_leaves"]
 
 
 def linearize_subset(apply_fn: Callable, params, mask) -> tuple[Callable, Any]:
@@ -53,7 +53,7 @@ def linearize_subset(apply_fn: Callable, params, mask) -> tuple[Callable, Any]:
     if not path_leaves:
         raise ValueError("params: no parameter leaves (empty pytree); pass the model's parameters")
     names = [jax.tree_util.keystr(path) or "params" for path, _ in path_leaves]
-    selected = _mask_to_leaves(mask, params, names)
+    selected = selected_leaves(params, mask)
     if not any(selected):
         raise ValueError(f"mask: selects none of the {len(names)} parameter leaves ({', '.join(names[:6])}"
                          f"{', ...' if len(names) > 6 else ''}); select at least one")
@@ -74,9 +74,14 @@ def linearize_subset(apply_fn: Callable, params, mask) -> tuple[Callable, Any]:
     return apply_fn_sub, params_sub
 
 
-def _mask_to_leaves(mask, params, names) -> list[bool]:
-    """One bool per leaf of ``params``, from a callable on leaf names or a (prefix) pytree of bools."""
+def selected_leaves(params, mask) -> list[bool]:
+    """One bool per leaf of ``params`` (``jax.tree_util.tree_leaves`` order): is it selected by ``mask``?
+
+    ``mask``: a pytree of bools with the structure of ``params`` or a prefix of it, or a callable
+    ``mask(name) -> bool`` on ``jax.tree_util.keystr`` leaf names (see :func:`linearize_subset`).
+    """
     if callable(mask):
+        names = [jax.tree_util.keystr(path) or "params" for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         selected = [mask(name) for name in names]
         bad = [(name, value) for name, value in zip(names, selected) if not _is_bool(value)]
         if bad:

@@ -122,14 +122,13 @@ def _fill(like, stored: dict, path):
     if missing or extra:
         lines = [f"checkpoint {path!r} does not match the structure of like:"]
         if missing:
-            lines.append(f"parameter leaf {missing[0]} is not in the file" +
-                         (f" (nor {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})"
-                          if len(missing) > 1 else ""))
+            lines.append(f"parameter leaf {missing[0]} is not in the file"
+                         + (f" (nor {len(missing) - 1} more: {_first(missing[1:], 3)})" if len(missing) > 1 else ""))
         if extra:
             lines.append(f"the file has {len(extra)} entr{'y' if len(extra) == 1 else 'ies'} like does not: "
-                         f"{', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}")
-        lines.append(f"the file has: {', '.join(sorted(stored)[:6])}{', ...' if len(stored) > 6 else ''}. Pass as "
-                     "like the parameters of the model the checkpoint was saved from (same structure and names)")
+                         f"{_first(extra, 4)}")
+        lines.append(f"the file has: {_first(sorted(stored), 6)}. Pass as like the parameters of the model the "
+                     "checkpoint was saved from (same structure and names)")
         raise ValueError("; ".join(lines))
     leaves = []
     for name, (_, ref) in zip(names, path_leaves):
@@ -144,6 +143,10 @@ def _fill(like, stored: dict, path):
                              f"expects {dtype}")
         leaves.append(jax.numpy.asarray(value, dtype))
     return treedef.unflatten(leaves)
+
+
+def _first(names, count) -> str:
+    return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
 
 
 def _kind(dtype) -> str:

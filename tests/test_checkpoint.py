@@ -64,7 +64,8 @@ def test_mismatches_name_the_leaf(tmp_path, fmt):
     path = tmp_path / SUFFIX[fmt]
     save_params(path, params)
     wider = {"body": {"kernel": np.ones((3, 5)), "bias": np.zeros(5)}, "head": {"kernel": np.ones((5, 2))}}
-    with pytest.raises(ValueError, match=r"leaf \['body'\]\['bias'\] has shape \(4,\) in the file, like expects \(5,\)"):
+    with pytest.raises(ValueError, match=r"leaf \['body'\]\['bias'\] has shape \(4,\) in the file, like expects "
+                                         r"\(5,\)"):
         load_params(path, like=wider)
     more = {**params, "extra": {"scale": np.ones(2)}}
     with pytest.raises(ValueError, match=r"leaf \['extra'\]\['scale'\] is not in the file"):
@@ -73,7 +74,8 @@ def test_mismatches_name_the_leaf(tmp_path, fmt):
     with pytest.raises(ValueError, match=r"the file has 1 entry like does not: \['head'\]\['kernel'\]"):
         load_params(path, like=fewer)
     ints = {**params, "head": {"kernel": np.ones((4, 2), np.int32)}}
-    with pytest.raises(ValueError, match=r"leaf \['head'\]\['kernel'\] has dtype float64 in the file, like expects int32"):
+    with pytest.raises(ValueError, match=r"leaf \['head'\]\['kernel'\] has dtype float64 in the file, like "
+                                         r"expects int32"):
         load_params(path, like=ints)
 
 

@@ -335,8 +335,9 @@ def exact_ntk(apply_fn: Callable, params, x1, x2=None, batch_size: int | None = 
     JAX Jacobian contraction, K = Σ_ℓ J1_ℓ J2_ℓᵀ over parameter leaves ℓ, with per-sample
     Jacobians J (b, k, d_ℓ) from ``vmap(jacrev)`` on blocks of ``batch_size`` rows of x1 and of x2
     (None: the largest block whose two Jacobians take ≈ 256 MiB). Memory ~ 2·b·k·d plus the
-    kernel; cost ~ (n1/b)·n2·k·F for the Jacobians (F: one forward pass) + n1·n2·k²·d for the
-    contractions; for x2 = None only the blocks on and above the diagonal are computed.
+    kernel; cost ~ (n1/b)·n2·k·F for the Jacobians (F: one forward pass; a row block's Jacobian is
+    reused along its row) + n1·n2·k²·d for the contractions; for x2 = None only the blocks on and
+    above the diagonal are computed.
 
     ``implementation=1`` (JACOBIAN_CONTRACTION) or ``2`` (NTK_VECTOR_PRODUCTS) uses
     ``neural_tangents.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=...)``
@@ -373,8 +374,11 @@ def exact_ntk(apply_fn: Callable, params, x1, x2=None, batch_size: int | None = 
     else:
         block_fn = _nt_ntk_blocks(apply_fn, params, implementation)
     kernel = None
+    row = None
     for i, j in blocks:
-        block = block_fn(x1[i:i + bs], x2[j:j + bs], i == j and symmetric)
+        if row is None or row[0] != i:
+            row = (i, x1[i:i + bs])
+        block = block_fn(row[1], x2[j:j + bs], i == j and symmetric)
         if kernel is None:
             kernel = np.empty((n1, n2, k, k), block.dtype)
         kernel[i:i + bs, j:j + bs] = block
@@ -391,8 +395,12 @@ def _jax_ntk_blocks(apply_fn, params, bs):
         rows = x.shape[0]
         return jnp.concatenate([x, jnp.broadcast_to(x[:1], (bs - rows, *x.shape[1:]))]) if rows < bs else x
 
+    cached = {}  # the Jacobian of the current row block, reused along its row of blocks
+
     def block(xa, xb, same):
-        ja = _jacobian_leaves(params, pad(xa), apply_fn=apply_fn)
+        if cached.get("xa") is not xa:
+            cached.update(xa=xa, ja=_jacobian_leaves(params, pad(xa), apply_fn=apply_fn))
+        ja = cached["ja"]
         jb = ja if same else _jacobian_leaves(params, pad(xb), apply_fn=apply_fn)
         return np.asarray(_contract_leaves(ja, jb))[: xa.shape[0], : xb.shape[0]]
 

@@ -12,11 +12,15 @@ Formats, chosen from the path:
 ``load_params(path, like=params)`` returns a pytree with the structure of ``like`` (e.g. freshly
 initialized parameters of the same model, or ``jax.eval_shape`` of them) filled from the file,
 each leaf cast to ``like``'s dtype; a leaf missing from the file, an entry the structure does not
-have, a shape or a kind (float / int) that differs raises a ValueError naming the leaf.
+have, a shape or a kind (float / int) that differs raises a ValueError naming the leaf. Leaves are
+matched by their key path with list indices and attribute names compared as strings, so that a
+Flax NNX state saved with Orbax (``checkpointer.save(path, nnx.state(model))``, Flax's recipe)
+loads with ``like=nnx.state(model)``, then ``nnx.update(model, loaded)`` and ``from_flax(model)``.
 """
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -47,6 +51,23 @@ def _named_leaves(tree) -> dict[str, Any]:
     """{keystr(path): leaf} of a pytree (None sub-trees have no leaves); a bare leaf is named 'params'."""
     return {jax.tree_util.keystr(path) or "params": leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+_KEY = re.compile(r"\['((?:[^'\\]|\\.)*)'\]|\[(-?\d+)\]|\.(\w+)")
+
+
+def _canonical(name: str) -> tuple[str, ...]:
+    """A keystr name as a tuple of strings: ``['layers'][0].value`` and ``['layers']['0']['value']`` (how
+    Orbax and Flax's state dicts store list indices and NNX variables) are both ('layers', '0', 'value')."""
+    if name == "params":
+        return ()
+    parts, end = [], 0
+    for match in _KEY.finditer(name):
+        if match.start() != end:
+            return (name,)
+        parts.append(next(group for group in match.groups() if group is not None))
+        end = match.end()
+    return tuple(parts) if end == len(name) else (name,)
 
 
 def save_params(path, params, *, format: str | None = None) -> None:
@@ -117,8 +138,16 @@ def _fill(like, stored: dict, path):
     """``like``'s structure with each leaf taken from ``stored`` by name, checked and cast to like's dtype."""
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     names = [jax.tree_util.keystr(p) or "params" for p, _ in path_leaves]
-    missing = [name for name in names if name not in stored]
-    extra = sorted(set(stored) - set(names))
+    by_key = {}
+    for name, value in stored.items():
+        by_key.setdefault(_canonical(name), []).append((name, value))
+    ambiguous = [entries for entries in by_key.values() if len(entries) > 1]
+    if ambiguous:
+        raise ValueError(f"checkpoint {path!r}: entries {', '.join(n for n, _ in ambiguous[0])} name the same leaf")
+    stored_by_key = {key: entries[0][1] for key, entries in by_key.items()}
+    wanted = {_canonical(name) for name in names}
+    missing = [name for name in names if _canonical(name) not in stored_by_key]
+    extra = sorted(entries[0][0] for key, entries in by_key.items() if key not in wanted)
     if missing or extra:
         lines = [f"checkpoint {path!r} does not match the structure of like:"]
         if missing:
@@ -132,7 +161,7 @@ def _fill(like, stored: dict, path):
         raise ValueError("; ".join(lines))
     leaves = []
     for name, (_, ref) in zip(names, path_leaves):
-        value = np.asarray(stored[name])
+        value = np.asarray(stored_by_key[_canonical(name)])
         shape = tuple(getattr(ref, "shape", np.shape(ref)))
         dtype = np.dtype(getattr(ref, "dtype", np.asarray(ref).dtype))
         if value.shape != shape:

@@ -94,3 +94,30 @@ def test_format_and_path_errors(tmp_path):
 def test_docstring_examples_run():
     results = doctest.testmod(checkpoint)
     assert results.attempted >= 5 and results.failed == 0, results
+
+
+def test_nnx_state_saved_with_orbax_loads_into_another_instance(tmp_path):
+    """Flax's recipe: checkpointer.save(path, nnx.state(model)); Orbax stores list indices and NNX variables as
+    string keys ('0', 'value'), matched to like=nnx.state(other) by key path."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from ntk_info.adapters import from_flax
+
+    def make(seed):
+        model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(seed)), nnx.BatchNorm(4, rngs=nnx.Rngs(seed)),
+                               nnx.Linear(4, 2, rngs=nnx.Rngs(seed)))
+        model.eval()
+        return model
+
+    model, other = make(0), make(1)
+    model.layers[1].mean.set_value(jnp.arange(4.0, dtype=jnp.float32))  # non-parameter state is restored too
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "state", nnx.state(model))
+    checkpointer.wait_until_finished()
+    nnx.update(other, load_params(tmp_path / "state", like=nnx.state(other)))
+    X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    (f, p), (g, q) = from_flax(model), from_flax(other)
+    np.testing.assert_array_equal(g(q, X), f(p, X))
+    save_params(tmp_path / "params.npz", p)  # the adapter's pure-dict params: integer list keys in the names
+    assert_same_tree(load_params(tmp_path / "params.npz", like=q), p)

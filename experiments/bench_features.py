@@ -1,13 +1,13 @@
-"""Benchmark: projected features Φ (K ≈ ΦΦᵀ) against the exact empirical NTK of neural-tangents.
+"""Benchmark: projected features Φ (K ≈ ΦΦᵀ) against the exact empirical NTK.
 
 For the MLP (1 hidden layer, 1024 ReLU units) and the SI paper's CNN of ``ntk_info.models``,
 on n sklearn digits (8×8, upsampled to 28×28×1 with ``jax.image.resize``, linear; both models see
 28×28 inputs as in the paper's MNIST setting), one output, float32, CPU. Printed side by side:
 
-- wall time and peak memory of ``ntk_info.exact_ntk`` = ``neural_tangents.empirical_ntk_fn`` for the
-  full n × n kernel, in one block, with the implementation exact_ntk picks (2 = NTK_VECTOR_PRODUCTS
-  for the MLP, 1 = JACOBIAN_CONTRACTION for the CNN); with ``--check-implementations`` the other one
-  is timed too, stopped at 1.2× the default's time + 15 s (3 crashes on jax 0.4.35);
+- wall time and peak memory of ``ntk_info.exact_ntk`` (plain-JAX Jacobian contraction, its default)
+  for the full n × n kernel; with ``--check-implementations`` (in the ``nt`` extra's environment,
+  ``.venv-nt``) neural-tangents' implementations 1 (JACOBIAN_CONTRACTION) and 2
+  (NTK_VECTOR_PRODUCTS) are timed too, each stopped at 1.2× the default's time + 15 s;
 - the same for ``ntk_info.projected_features`` at coords_per_layer = 500, 1000, 2000, 4000, for the
   default CountSketch and the SI paper's coordinate subsampling, with the relative Frobenius error
   ||ΦΦᵀ - K||_F / ||K||_F against that exact kernel.
@@ -53,17 +53,16 @@ def _worker(model_name: str, task: str, n: int, out_path: str) -> None:
     """One measurement in a fresh process: 'baseline', 'exact:IMPL' or 'phi:METHOD:BUDGET'; saves the array."""
     import numpy as np
 
-    from ntk_info.features import _fastest_ntk_implementation, exact_ntk, projected_features
+    from ntk_info.features import exact_ntk, projected_features
 
     model, params, X = _data_and_model(model_name, n)
     kind, _, arg = task.partition(":")
-    if arg == "auto":  # the implementation exact_ntk picks by default
-        arg = str(_fastest_ntk_implementation(model.apply_fn, params, X[:1], 1))
     start = time.perf_counter()
     if kind == "baseline":
         result = np.zeros(())
     elif kind == "exact":
-        result = exact_ntk(model.apply_fn, params, X, implementation=int(arg), progress=False)[:, :, 0, 0]
+        implementation = None if arg == "jax" else int(arg)
+        result = exact_ntk(model.apply_fn, params, X, implementation=implementation, progress=False)[:, :, 0, 0]
     else:
         method, _, budget = arg.partition(":")
         result = projected_features(model.apply_fn, params, X, coords_per_layer=int(budget), method=method,
@@ -104,7 +103,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="number of inputs (default 1000, --quick 200)")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--check-implementations", action="store_true",
-                        help="also time the other neural-tangents implementation (adds minutes)")
+                        help="also time neural-tangents' implementations 1 and 2 (the nt extra; adds minutes)")
     args = parser.parse_args()
     n = args.n or (200 if args.quick else 1000)
 
@@ -116,22 +115,22 @@ def main() -> None:
         for model_name in args.models.split(","):
             path = lambda name: os.path.join(tmp, f"{model_name}_{name}.npy")  # noqa: E731
             base = _measure(model_name, "baseline", n, path("baseline"))
-            exact = _measure(model_name, "exact:auto", n, path("exact"))
+            exact = _measure(model_name, "exact:jax", n, path("exact"))
             if "error" in exact:
                 raise RuntimeError(f"exact NTK ({model_name}): {exact['error']}")
-            impl = int(exact["arg"])
             kernel = np.load(path("exact")).astype(np.float64)
-            line = f"\n{model_name}: exact NTK with neural-tangents implementation {impl} (exact_ntk's default)"
-            if args.check_implementations:  # the other one, stopped once clearly slower than the default
-                other, limit = 3 - impl, 1.2 * exact["seconds"] + 15
-                check = _measure(model_name, f"exact:{other}", n, path("check"), timeout=limit)
-                line += f"; implementation {other}: " + (check["error"] if "error" in check
-                                                         else f"{check['seconds']:.1f} s")
+            line = f"\n{model_name}: exact NTK by plain-JAX Jacobian contraction (exact_ntk's default)"
+            if args.check_implementations:  # neural-tangents, stopped once clearly slower than the default
+                for impl in (1, 2):
+                    check = _measure(model_name, f"exact:{impl}", n, path("check"),
+                                     timeout=1.2 * exact["seconds"] + 15)
+                    line += f"; neural-tangents implementation {impl}: " + (
+                        check["error"] if "error" in check else f"{check['seconds']:.1f} s")
             print(line)
             print(f"{'method':<28}{'time [s]':>10}{'peak [MiB]':>12}{'extra [MiB]':>13}{'rel. error':>12}"
                   f"{'speed-up':>10}")
             print(f"{'baseline (no compute)':<28}{'':>10}{base['peak_mib']:>12.0f}{'':>13}{'':>12}{'':>10}")
-            print(f"{f'exact NTK (NT impl {impl})':<28}{exact['seconds']:>10.1f}{exact['peak_mib']:>12.0f}"
+            print(f"{'exact NTK (plain JAX)':<28}{exact['seconds']:>10.1f}{exact['peak_mib']:>12.0f}"
                   f"{exact['peak_mib'] - base['peak_mib']:>13.0f}{0.0:>12.4f}{1.0:>10.2f}")
             for method in ("countsketch", "subsample"):
                 for budget in BUDGETS:

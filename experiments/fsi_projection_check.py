@@ -8,11 +8,11 @@ max_stable_lr = fraction · 2/λmax(K) (SI paper: t = 2000, η = 0.001 on MNIST 
 these 8×8 digits the NTK's λmax differs, so η is set relative to the stability limit and printed).
 
 Per-sample F-SI (SI paper eq. 16–17) is computed by ``leave_one_out`` on the exact empirical NTK
-(neural-tangents) and by ``score`` (projected kernel ΦΦᵀ) for each projection in ``--methods``
-(default: the paper's coordinate subsampling, and a Gaussian sketch) and projection seed in
-``--seeds``; printed per projection and seed: Pearson (target ≥ 0.99) and Spearman correlation
-with the exact F-SI, the kernel's relative projection error; then per projection the mean and min
-over seeds, and, once, the training fit.
+(``exact_ntk``, plain-JAX Jacobian contraction) and by ``score`` (projected kernel ΦΦᵀ) for each
+projection in ``--methods`` (default: the paper's coordinate subsampling, and a Gaussian sketch)
+and projection seed in ``--seeds``; printed per projection and seed: Pearson (target ≥ 0.99) and
+Spearman correlation with the exact F-SI, the kernel's relative projection error; then per
+projection the mean and min over seeds, and, once, the training fit.
 
 Usage: ``python experiments/fsi_projection_check.py [--coords 2000] [--methods subsample,gaussian]
 [--seeds 0,1,2,3,4] [--steps 2000] [--lr-fraction 0.5]``

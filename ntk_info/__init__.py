@@ -1,7 +1,7 @@
 """ntk_info: unique information of training samples via exact leave-one-out on the linearized network.
 
-Public names are imported lazily, so ``import ntk_info`` stays fast (neural-tangents pulls in
-TensorFlow, which takes seconds); each name is loaded from its module on first use.
+Public names are imported lazily, so ``import ntk_info`` stays fast (JAX itself takes a second or
+more to import); each name is loaded from its module on first use.
 """
 import importlib
 
@@ -28,6 +28,14 @@ _EXPORTS = {
     "projected_features": "features",
     "exact_ntk": "features",
     "kernel_relative_error": "features",
+    # the user's model and parameters: Flax / Equinox adapters, a parameter mask, checkpoints
+    "from_flax": "adapters",
+    "from_equinox": "adapters",
+    "linearize_subset": "adapters",
+    "load_params": "checkpoint",
+    "save_params": "checkpoint",
+    "pretrain_then_finetune": "training",
+    "replace_head": "training",
     # one-call scorer
     "score": "scorer",
     "ScoreResult": "scorer",

@@ -310,7 +310,10 @@ def _config(args):
         val_fraction=args.val_fraction,
         noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
         weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
-        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)
+        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed, init=args.init,
+        pretrain_classes=None if args.pretrain_classes is None else
+        tuple(c.strip() for c in args.pretrain_classes.split(",") if c.strip()),
+        pretrain_steps=args.pretrain_steps)
     try:
         return config.validate()
     except ConfigError as err:
@@ -742,6 +745,14 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                         "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
                         "settings.json records which was used)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
+    g = parser.add_argument_group("where to linearize (w0; default: the random init)")
+    g.add_argument("--init", help="start from these parameters: a .npz (ntk_info.save_params), Flax .msgpack or "
+                   "Orbax checkpoint directory in the --model's layout (ntk_info.models.init_params)")
+    g.add_argument("--pretrain-classes", help="pretrain on these other labels of --data (comma-separated, e.g. "
+                   "0,1,2,3,5,6,7,8 with --classes 4,9), then score with a fresh head: the SI paper's "
+                   "'pretrained' setting, where the linearization holds best")
+    g.add_argument("--pretrain-steps", type=int, default=1000,
+                   help="full-batch GD steps of pretraining at 1/λ_max of its NTK at init (default: 1000)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +
                    (f" (default: {out})" if out else ""))

@@ -332,52 +332,105 @@ def exact_ntk(apply_fn: Callable, params, x1, x2=None, batch_size: int | None = 
               implementation: int | None = None, progress: bool = True) -> np.ndarray:
     """The exact empirical NTK K(x1, x2)_{ij,ab} = ⟨∂f_a(x1_i)/∂w, ∂f_b(x2_j)/∂w⟩, shape (n1, n2, k, k).
 
-    Reference for the projection, computed with
-    ``neural_tangents.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=...)``
-    block by block (``batch_size`` rows of x1 times ``batch_size`` rows of x2; None = one block).
-    ``implementation`` None picks the faster of the two that run on jax 0.4.35 (3,
-    STRUCTURED_DERIVATIVES, crashes there) from the forward cost F (XLA FLOPs for one input) and
-    the parameter count d: 2 (NTK_VECTOR_PRODUCTS, cost ~ n1·n2·F) when F <= 4·k²·d, as for MLPs
-    (measured 2x faster than 1 on the 1024-unit MLP), else 1 (JACOBIAN_CONTRACTION, cost
-    ~ (n1 + n2)·k·F + n1·n2·k²·d), as for CNNs whose weight sharing makes F ≫ d (measured 6x
-    faster than 2 on the SI paper CNN; experiments/bench_features.py probes both).
-    """
-    import neural_tangents as nt  # imported here: neural-tangents pulls in TensorFlow
+    The reference the projection is measured against. ``implementation=None`` (default): plain
+    JAX Jacobian contraction, K = Σ_ℓ J1_ℓ J2_ℓᵀ over parameter leaves ℓ, with per-sample
+    Jacobians J (b, k, d_ℓ) from ``vmap(jacrev)`` on blocks of ``batch_size`` rows of x1 and of x2
+    (None: the largest block whose two Jacobians take ≈ 256 MiB). Memory ~ 2·b·k·d plus the
+    kernel; cost ~ (n1/b)·n2·k·F for the Jacobians (F: one forward pass; a row block's Jacobian is
+    reused along its row) + n1·n2·k²·d for the contractions; for x2 = None only the blocks on and
+    above the diagonal are computed.
 
+    ``implementation=1`` (JACOBIAN_CONTRACTION) or ``2`` (NTK_VECTOR_PRODUCTS) uses
+    ``neural_tangents.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=...)``
+    instead, block by block; it needs the ``nt`` extra (neural-tangents 0.6.5, jax 0.4.35;
+    implementation 3 crashes there). 2 was measured 2x faster than 1 on the 1024-unit MLP, 1 six
+    times faster than 2 on the SI paper CNN (experiments/bench_features.py).
+
+    >>> import jax.numpy as jnp
+    >>> K = exact_ntk(lambda w, x: x @ w, jnp.ones((2, 3)), jnp.eye(2), progress=False)
+    >>> K.shape, float(K[0, 0, 0, 0]), float(K[0, 0, 0, 1]), float(K[0, 1, 0, 0])
+    ((2, 2, 3, 3), 1.0, 0.0, 0.0)
+    """
     x1 = _check_inputs(x1, "x1")
     k = _check_apply(apply_fn, params, x1)
-    x2 = x1 if x2 is None else _check_inputs(x2, "x2")
-    if implementation is None:
-        implementation = _fastest_ntk_implementation(apply_fn, params, x1[:1], k)
-    if implementation not in (1, 2, 3):
-        raise ValueError(f"implementation: expected None, 1, 2 or 3 (neural-tangents NtkImplementation), "
-                         f"got {implementation!r}")
-    ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=implementation))
+    symmetric = x2 is None
+    x2 = x1 if symmetric else _check_inputs(x2, "x2")
+    if implementation is not None and implementation not in (1, 2):
+        raise ValueError(f"implementation: expected None (plain JAX), 1 or 2 (neural-tangents "
+                         f"JACOBIAN_CONTRACTION / NTK_VECTOR_PRODUCTS), got {implementation!r}")
     n1, n2 = x1.shape[0], x2.shape[0]
-    bs = max(n1, n2) if batch_size is None else _resolve_batch_size(batch_size, max(n1, n2), 1, 1, 1, 1)
-    blocks = [(i, j) for i in range(0, n1, bs) for j in range(0, n2, bs)]
+    if implementation is None:
+        d = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+        itemsize = jnp.result_type(*jax.tree_util.tree_leaves(params)).itemsize
+        bs = _resolve_batch_size(batch_size, max(n1, n2), 2 * k, d, 1, itemsize)
+    else:
+        bs = max(n1, n2) if batch_size is None else _resolve_batch_size(batch_size, max(n1, n2), 1, 1, 1, 1)
+    blocks = [(i, j) for i in range(0, n1, bs) for j in range(0, n2, bs) if not (symmetric and j < i)]
     if progress and len(blocks) > 1:
         from tqdm.auto import tqdm
 
         blocks = tqdm(blocks, desc="exact NTK blocks", unit="block")
+    if implementation is None:
+        block_fn = _jax_ntk_blocks(apply_fn, params, bs)
+    else:
+        block_fn = _nt_ntk_blocks(apply_fn, params, implementation)
     kernel = None
+    row = None
     for i, j in blocks:
-        block = np.asarray(ntk_fn(x1[i:i + bs], x2[j:j + bs], params))
+        if row is None or row[0] != i:
+            row = (i, x1[i:i + bs])
+        block = block_fn(row[1], x2[j:j + bs], i == j and symmetric)
         if kernel is None:
-            kernel = np.empty((n1, n2, *block.shape[2:]), block.dtype)
+            kernel = np.empty((n1, n2, k, k), block.dtype)
         kernel[i:i + bs, j:j + bs] = block
+        if symmetric and j > i:
+            kernel[j:j + bs, i:i + bs] = block.transpose(1, 0, 3, 2)
     return kernel
 
 
-def _fastest_ntk_implementation(apply_fn, params, x_one, k) -> int:
-    """2 (NTK-vector products) if forward FLOPs per input <= 4·k²·d, else 1 (Jacobian contraction)."""
-    d = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
+def _jax_ntk_blocks(apply_fn, params, bs):
+    """block(xa, xb, same) = Σ_ℓ J_ℓ(xa) J_ℓ(xb)ᵀ, (len(xa), len(xb), k, k); rows padded to ``bs``
+    (one compiled shape), the Jacobian of xb reused when ``same``."""
+
+    def pad(x):
+        rows = x.shape[0]
+        return jnp.concatenate([x, jnp.broadcast_to(x[:1], (bs - rows, *x.shape[1:]))]) if rows < bs else x
+
+    cached = {}  # the Jacobian of the current row block, reused along its row of blocks
+
+    def block(xa, xb, same):
+        if cached.get("xa") is not xa:
+            cached.update(xa=xa, ja=_jacobian_leaves(params, pad(xa), apply_fn=apply_fn))
+        ja = cached["ja"]
+        jb = ja if same else _jacobian_leaves(params, pad(xb), apply_fn=apply_fn)
+        return np.asarray(_contract_leaves(ja, jb))[: xa.shape[0], : xb.shape[0]]
+
+    return block
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _jacobian_leaves(params, xb, *, apply_fn):
+    """Per-sample Jacobians of one batch, one (b, k, d_ℓ) array per parameter leaf."""
+    jac = jax.vmap(jax.jacrev(functools.partial(_single_output, apply_fn)), in_axes=(None, 0))(params, xb)
+    return [leaf.reshape(*leaf.shape[:2], -1) for leaf in jax.tree_util.tree_leaves(jac)]
+
+
+@jax.jit
+def _contract_leaves(ja, jb):
+    """Σ_ℓ einsum('iap,jbp->ijab', ja_ℓ, jb_ℓ)."""
+    return sum(jnp.einsum("iap,jbp->ijab", a, b) for a, b in zip(ja, jb))
+
+
+def _nt_ntk_blocks(apply_fn, params, implementation):
+    """block(xa, xb, same) from neural-tangents' empirical NTK (the ``nt`` extra)."""
     try:
-        cost = jax.jit(apply_fn).lower(params, x_one).compile().cost_analysis()
-        flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-    except (KeyError, TypeError, IndexError, NotImplementedError):  # no cost model on this backend
-        return 1
-    return 2 if flops <= 4 * k * k * d else 1
+        import neural_tangents as nt  # imported here: neural-tangents pulls in TensorFlow
+    except ImportError as err:
+        raise ImportError(f"exact_ntk(implementation={implementation}) needs neural-tangents: install the nt extra "
+                          "(pip install 'ntk_info[nt]', which pins jax 0.4.35), or pass implementation=None for "
+                          "the plain-JAX kernel") from err
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0, implementation=implementation))
+    return lambda xa, xb, same: np.asarray(ntk_fn(xa, None if same else xb, params))
 
 
 def kernel_relative_error(phi, kernel) -> float:

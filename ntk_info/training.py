@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["train", "targets", "reinit_head", "pretrain_then_finetune", "loss", "output_dim"]
+__all__ = ["train", "targets", "replace_head", "reinit_head", "pretrain_then_finetune", "loss", "output_dim"]
 
 
 def _sq_dist(a, b):
@@ -164,34 +164,86 @@ def targets(labels, num_classes: int | None = None, kind: str = "onehot", positi
     raise ValueError(f"kind: expected 'onehot' or 'pm1', got {kind!r}")
 
 
-def reinit_head(model, params, seed: int = 0, input_shape=None):
-    """``params`` with the last layer (last non-empty stax entry) replaced by a fresh one of ``model``.
+def replace_head(params, fresh_params, head=None):
+    """``params`` with the head's leaves taken from ``fresh_params``: a trained body under a fresh head.
+
+    ``fresh_params``: a fresh initialization of the network with the new head (same architecture,
+    so the same pytree structure; the head may have another output size). ``head`` selects the head
+    leaves like a ``linearize_subset`` mask: a pytree of bools with the structure of ``params`` or a
+    prefix of it, or a callable ``head(name) -> bool`` on ``jax.tree_util.keystr`` leaf names; None
+    means the last layer of the model zoo's list layout (its last entry with parameters). Every body
+    leaf must have the same shape in both, else a ValueError names it.
+
+    >>> import numpy as np
+    >>> trained = {"body": np.ones((3, 4)), "head": np.ones((4, 8))}
+    >>> fresh = {"body": np.zeros((3, 4)), "head": np.zeros((4, 2))}
+    >>> new = replace_head(trained, fresh, head={"body": False, "head": True})
+    >>> float(new["body"].sum()), new["head"].shape
+    (12.0, (4, 2))
+    """
+    from .adapters import selected_leaves  # the mask semantics live there
+
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if jax.tree_util.tree_structure(fresh_params) != treedef:
+        raise ValueError(f"fresh_params: expected the pytree structure of params ({treedef}), got "
+                         f"{jax.tree_util.tree_structure(fresh_params)}; initialize the same architecture")
+    if head is None:
+        if not isinstance(params, (list, tuple)):
+            raise ValueError("head: needed for params that are not the model zoo's list layout; pass a mask selecting "
+                             "the head leaves, e.g. {'body': False, 'head': True} or lambda name: 'head' in name")
+        last = max(i for i, entry in enumerate(params) if jax.tree_util.tree_leaves(entry))
+        head = [i == last for i in range(len(params))]
+        head = type(params)(head) if isinstance(params, tuple) else head
+    is_head = selected_leaves(params, head)
+    leaves = []
+    for (path, old), new, in_head in zip(path_leaves, jax.tree_util.tree_leaves(fresh_params), is_head):
+        if in_head:
+            leaves.append(new)
+        elif np.shape(old) != np.shape(new):
+            raise ValueError(f"fresh_params: body leaf {jax.tree_util.keystr(path)} has shape {np.shape(new)}, the "
+                             f"trained params {np.shape(old)}; only the head may change shape")
+        else:
+            leaves.append(old)
+    return treedef.unflatten(leaves)
+
+
+def reinit_head(model, params, seed: int = 0, input_shape=None, *, head=None):
+    """``params`` with the head replaced by a fresh one of ``model`` (:func:`replace_head`).
 
     The new head comes from ``model.init_fn`` with ``seed``, so ``model`` may have a different output
-    size than the network ``params`` came from (same body). ``input_shape``: one input without batch axis.
+    size than the network ``params`` came from (same body). ``input_shape``: one input without batch
+    axis. ``head``: which leaves form the head (None: the last layer of the zoo's list layout).
     """
-    if not isinstance(params, (list, tuple)):
-        raise TypeError(f"params: expected stax params (a list with one entry per layer), got {type(params).__name__}")
     if input_shape is None:
         raise ValueError("input_shape: needed to initialize a fresh model; pass the input shape without batch axis")
     _, fresh = model.init_fn(jax.random.PRNGKey(seed), (-1, *input_shape))
-    last = max(i for i, p in enumerate(params) if jax.tree_util.tree_leaves(p))
-    new = list(params)
-    new[last] = fresh[last]
-    return type(params)(new) if isinstance(params, tuple) else new
+    return replace_head(params, fresh, head)
 
 
 def pretrain_then_finetune(pretrain_model, model, X_pre, Y_pre, *, lr: float, steps: int,
-                           weight_decay: float = 0.0, batch_size: int | None = None, seed: int = 0):
+                           weight_decay: float = 0.0, batch_size: int | None = None, seed: int = 0, head=None):
     """Pretrain on another task, then put a fresh head for ``model`` on the trained body: the new w0.
 
-    ``pretrain_model`` (e.g. 8 outputs for the eight other digits) is initialized from ``seed`` and
-    trained on (X_pre, Y_pre) with :func:`train`; the result keeps its body and gets the last layer of
-    ``model`` (e.g. 1 output) freshly initialized from ``seed + 1`` (:func:`reinit_head`). Both models
-    must share the body architecture. Fine-tuning's weight decay then pulls toward this w0.
+    The SI paper's "pretrained on other classes, fresh head" setting (Table 1). ``pretrain_model``
+    (e.g. 8 outputs for the eight other digits) is trained on (X_pre, Y_pre) with :func:`train`
+    (sum-MSE loss, ``lr``, ``steps``, ``weight_decay`` toward its init, ``batch_size``); the result
+    keeps its body and gets the head of ``model`` (e.g. 1 output), freshly initialized
+    (:func:`replace_head`, ``head`` as there). Each model is either a zoo ``Model``
+    (``pretrain_model`` initialized from ``seed``, ``model`` from ``seed + 1``) or an
+    ``(apply_fn, params)`` pair, e.g. from ``from_flax`` / ``from_equinox``, whose params are the
+    starting values (pretraining) and the fresh head (``model``). Both must share the body
+    architecture. Fine-tuning's weight decay then pulls toward this w0.
     """
     input_shape = tuple(np.shape(X_pre)[1:])
-    _, params_pre = pretrain_model.init_fn(jax.random.PRNGKey(seed), (-1, *input_shape))
-    trained = train(pretrain_model.apply_fn, params_pre, X_pre, Y_pre, lr=lr, steps=steps,
-                    weight_decay=weight_decay, batch_size=batch_size, seed=seed)
-    return reinit_head(model, trained, seed + 1, input_shape=input_shape)
+    if isinstance(pretrain_model, tuple):
+        pre_apply, params_pre = pretrain_model
+    else:
+        pre_apply = pretrain_model.apply_fn
+        _, params_pre = pretrain_model.init_fn(jax.random.PRNGKey(seed), (-1, *input_shape))
+    if isinstance(model, tuple):
+        fresh = model[1]
+    else:
+        _, fresh = model.init_fn(jax.random.PRNGKey(seed + 1), (-1, *input_shape))
+    trained = train(pre_apply, params_pre, X_pre, Y_pre, lr=lr, steps=steps, weight_decay=weight_decay,
+                    batch_size=batch_size, seed=seed)
+    return replace_head(trained, fresh, head)

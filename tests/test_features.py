@@ -35,12 +35,25 @@ def problem():
 
 
 def test_exact_ntk_matches_brute_force(problem):
+    """Plain-JAX Jacobian contraction: one block, uneven blocks (symmetric: upper triangle mirrored), cross."""
     apply_fn, params, X, X_val, K = problem
-    for impl in (1, 2):
-        np.testing.assert_allclose(exact_ntk(apply_fn, params, X, implementation=impl, batch_size=5, progress=False),
-                                   K, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(exact_ntk(apply_fn, params, X_val, X, progress=False),
-                               brute_ntk(apply_fn, params, X_val, X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(exact_ntk(apply_fn, params, X, progress=False), K, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(exact_ntk(apply_fn, params, X, batch_size=5, progress=False), K, rtol=1e-10,
+                               atol=1e-12)
+    for batch_size in (None, 2, 4):
+        np.testing.assert_allclose(exact_ntk(apply_fn, params, X_val, X, batch_size=batch_size, progress=False),
+                                   brute_ntk(apply_fn, params, X_val, X), rtol=1e-10, atol=1e-12)
+
+
+def test_exact_ntk_multi_leaf_conv_and_errors():
+    """A conv net with several leaves (nested pytree) against brute force; bad implementation is named."""
+    model = get_model("resnet", 3, channels=4, blocks=1)
+    params = init_params(model, (5, 5, 2), seed=0)
+    X = np.random.default_rng(2).normal(size=(7, 5, 5, 2))
+    np.testing.assert_allclose(exact_ntk(model.apply_fn, params, X, batch_size=3, progress=False),
+                               brute_ntk(model.apply_fn, params, X, X), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="implementation: expected None"):
+        exact_ntk(model.apply_fn, params, X, implementation=3, progress=False)
 
 
 @pytest.mark.parametrize("method", ["subsample", "countsketch", "gaussian", "rademacher"])
@@ -226,11 +239,8 @@ def test_errors(problem):
         kernel_relative_error(np.ones((3, 1, 4)), np.ones((3, 3)).reshape(3, 3, 1, 1)[:2])
 
 
-def test_exact_ntk_implementation_choice():
-    """Auto choice: NTK-vector products (2) for a dense MLP, Jacobian contraction (1) for a conv net (F ≫ d)."""
-    from ntk_info.features import _fastest_ntk_implementation
-
-    for name, shape, expected in (("mlp", (D_IN,), 2), ("resnet", (6, 6, 1), 1)):
-        model = get_model(name, 1, **({"width": WIDTH} if name == "mlp" else {"channels": 4, "blocks": 1}))
-        params = init_params(model, shape, seed=0)
-        assert _fastest_ntk_implementation(model.apply_fn, params, np.ones((1, *shape)), 1) == expected
+def test_exact_ntk_neural_tangents_missing_says_how_to_install(problem, monkeypatch):
+    apply_fn, params, X, _, _ = problem
+    monkeypatch.setitem(sys.modules, "neural_tangents", None)  # import neural_tangents raises ImportError
+    with pytest.raises(ImportError, match=r"nt extra .*implementation=None"):
+        exact_ntk(apply_fn, params, X, implementation=1, progress=False)

@@ -12,13 +12,18 @@ calls :func:`load_data` and :class:`Pipeline`, and prints. The numerical decisio
   shared by the k outputs when n·k > ``TRACE_ROWS_THRESHOLD``); the settings record which;
 - influence/MPE damping (:func:`influence_damping`): regularizer δ = λ when λ > 0, else 1/(η t);
 - validation split: even positions of the held-out split for F-SI, odd positions for test accuracy;
-  ``rows_*`` map every sample back to its row in the user's data (:func:`split_rows`).
+  ``rows_*`` map every sample back to its row in the user's data (:func:`split_rows`);
+- where to linearize, w0: the model's random init (``seed``), the user's checkpoint (``init``, read by
+  ``ntk_info.load_params`` into the zoo model's layout), or pretrained on other classes of the same data
+  with a fresh head (``pretrain_classes``: ``pretrain_steps`` full-batch GD steps at η = 1/λ_max of the
+  pretraining model's NTK at init, then ``ntk_info.training.replace_head``; SI paper Table 1).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -88,6 +93,9 @@ class PipelineConfig:
     kernel: str = "auto"
     allow_unstable_lr: bool = False
     seed: int = 0
+    init: str | None = None
+    pretrain_classes: tuple | None = None
+    pretrain_steps: int = 1000
 
     def validate(self) -> "PipelineConfig":
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
@@ -119,6 +127,24 @@ class PipelineConfig:
         _integer(self.seed, "seed", 0)
         if self.seed >= 2 ** 32:
             raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
+        if self.init is not None and not os.path.exists(self.init):
+            raise ConfigError("init", f"no such checkpoint file or directory: {self.init!r} (.npz, .msgpack or an "
+                                      "Orbax checkpoint directory)")
+        if self.pretrain_classes is not None:
+            if self.init is not None:
+                raise ConfigError("pretrain_classes", "pretraining starts from the random init; drop --init, or "
+                                                      "pretrain beforehand and pass the result as --init")
+            if len(set(self.pretrain_classes)) < 2:
+                raise ConfigError("pretrain_classes", f"expected at least two distinct classes, got "
+                                                      f"{list(self.pretrain_classes)}")
+            if self.classes is None:
+                raise ConfigError("pretrain_classes", "the task must be other classes: pass --classes too (e.g. "
+                                                      "--classes 4,9 --pretrain-classes 0,1,2,3,5,6,7,8)")
+            overlap = sorted({str(c) for c in self.pretrain_classes} & {str(c) for c in self.classes})
+            if overlap:
+                raise ConfigError("pretrain_classes", f"classes {overlap} are also task classes (--classes); "
+                                                      "pretrain on other classes only")
+            _integer(self.pretrain_steps, "pretrain_steps", 1)
         return self
 
 
@@ -288,6 +314,14 @@ class Pipeline:
         self.Y = targets(data.labels, data.num_classes)
         with self.stage("build model"):
             self.model, self.params0 = self._build(config.model, config.width, config.seed)
+        self.start = {"w0": "random init (seed)"}
+        if config.init is not None:
+            with self.stage("load --init"):
+                self.params0 = self._load_init(config.init)
+            self.start = {"w0": "checkpoint", "init": config.init}
+        elif config.pretrain_classes is not None:
+            with self.stage("pretrain on other classes"):
+                self.params0, self.start = self._pretrain()
         with self.stage("estimate lr"):
             self.lambda_max = self._lambda_max(self.model, self.params0, config.model)
         self.lr, self.lr_rule = choose_lr(config.lr, self.lambda_max, config.weight_decay)
@@ -297,14 +331,58 @@ class Pipeline:
         self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
         self._trained = None
 
-    def _build(self, name, width, seed):
+    def _build(self, name, width, seed, num_outputs=None):
         from ntk_info.models import get_model, init_params
 
         try:
-            model = get_model(name, self.data.num_classes, **({"width": width} if name == "mlp" else {}))
+            model = get_model(name, num_outputs or self.data.num_classes, **({"width": width} if name == "mlp" else {}))
         except ValueError as err:  # unknown name, unloadable factory
             raise ConfigError("model", str(err)) from None
         return model, init_params(model, self.X.shape[1:], seed=seed)
+
+    def _load_init(self, path):
+        """The checkpoint at ``path`` in the layout of the model's own parameters (structure, shapes checked)."""
+        from ntk_info.checkpoint import load_params
+
+        try:
+            params = load_params(path, like=self.params0)
+        except ValueError as err:
+            raise ConfigError("init", f"{err} (the model is --model {self.config.model}"
+                                      f"{f' --width {self.config.width}' if self.config.model == 'mlp' else ''} "
+                                      f"with {self.data.num_classes} outputs)") from None
+        import jax
+
+        if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params)):
+            raise ConfigError("init", f"checkpoint {path!r} has NaN or inf parameters")
+        return params
+
+    def _pretrain(self):
+        """w0 pretrained on ``pretrain_classes`` of the same data, with this model's fresh head, and a record."""
+        from ntk_info import data as data_mod
+        from ntk_info.features import ntk_lambda_max
+        from ntk_info.training import replace_head, targets, train
+
+        c = self.config
+        try:
+            pre = data_mod.load_dataset(c.data, labels=c.labels, val_fraction=c.val_fraction, seed=c.seed,
+                                        classes=_parse_classes(c.pretrain_classes), label_column=c.label_column)
+        except ValueError as err:  # e.g. a class the data does not have
+            raise ConfigError("pretrain_classes", str(err)) from None
+        if pre.X.shape[1:] != self.X.shape[1:]:
+            raise ConfigError("pretrain_classes", f"pretraining inputs have shape {pre.X.shape[1:]}, the task's "
+                                                  f"{self.X.shape[1:]}")
+        pre_model, pre_params = self._build(c.model, c.width, c.seed, num_outputs=pre.num_classes)
+        lam = ntk_lambda_max(pre_model.apply_fn, pre_params, pre.X, seed=c.seed)
+        lr = 1.0 / lam
+        Y_pre = targets(pre.y, pre.num_classes)
+        trained = train(pre_model.apply_fn, pre_params, pre.X, Y_pre, lr=lr, steps=c.pretrain_steps)
+        accuracy = float(np.mean(np.argmax(np.asarray(pre_model.apply_fn(trained, pre.X)), 1) == pre.y))
+        params0 = replace_head(trained, self.params0)  # the zoo's head: its last layer, freshly initialized
+        return params0, {"w0": "pretrained on other classes, fresh head",
+                         "pretrain_classes": [str(v) for v in pre.label_values], "pretrain_n": int(pre.X.shape[0]),
+                         "pretrain_steps": c.pretrain_steps, "pretrain_lr": lr,
+                         "pretrain_train_accuracy": accuracy,
+                         "pretrain_lr_rule": "1/lambda_max of the pretraining model's NTK at init, full-batch GD"}
 
     def _lambda_max(self, model, params0, name):
         from ntk_info.features import ntk_lambda_max
@@ -401,4 +479,4 @@ class Pipeline:
                 "kernel_meaning": {"full": "full NTK, (n*k) x (n*k)",
                                    "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
                                    }[self.kernel],
-                "seed": c.seed, "warnings": list(self.warnings)}
+                "seed": c.seed, **self.start, "warnings": list(self.warnings)}

@@ -234,7 +234,7 @@ class Output:
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would become --out's mode
         except OSError as err:
-            raise CLIError(f"--out {out!r}: cannot write there ({err.strerror or err})") from None
+            raise CLIError(f"--out {out!r}: cannot create a folder in {parent!r} ({err.strerror or err})") from None
         self.state = "writing"
         with open(os.path.join(self.tmp, INCOMPLETE_MARKER), "w") as handle:
             handle.write(f"ntk-info {command}: this folder holds the results of a run that has not finished (or was "

@@ -313,7 +313,12 @@ def _config(args):
     try:
         return config.validate()
     except ConfigError as err:
-        raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+        raise _option_error(err) from None
+
+
+def _option_error(err):
+    """A PipelineConfig field's error as the CLI option's."""
+    return CLIError(f"--{err.field.replace('_', '-')}: {err.message}")
 
 
 def _check_data_path(path):
@@ -338,7 +343,7 @@ class _Run:
 
     def __init__(self, args, stages, check=None):
         """``check(run)`` validates command-specific needs against the loaded data (before any work)."""
-        from ntk_info.apps.pipeline import ConfigError, DegenerateData, load_data
+        from ntk_info.apps.pipeline import ConfigError, check_model_input, load_data
 
         self.args, self.stages = args, stages
         self.config = _config(args)
@@ -347,16 +352,11 @@ class _Run:
         try:
             with stages("load data"):
                 self.data = load_data(self.config)
-        except ConfigError as err:
-            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
-        except (DegenerateData, ValueError) as err:
-            raise _user_error(err) from None
-        from ntk_info.apps.pipeline import check_model_input
-
-        try:
             check_model_input(self.config.model, self.data)
         except ConfigError as err:
-            raise CLIError(f"--{err.field}: {err.message}") from None
+            raise _option_error(err) from None
+        except ValueError as err:  # unusable data (DegenerateData is one), named by the loaders
+            raise _user_error(err) from None
         if check is not None:
             check(self)
         self.output = args.output = Output(args.out, args.force, args.command)
@@ -368,7 +368,7 @@ class _Run:
         try:
             self.pipe = Pipeline(self.config, self.data, stage=self.stages, progress=not self.args.no_progress)
         except ConfigError as err:
-            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+            raise _option_error(err) from None
         except (UnstableLearningRate, DegenerateData) as err:
             raise _user_error(err) from None
         return self.pipe

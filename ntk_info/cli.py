@@ -275,7 +275,8 @@ class Output:
                 return self.out
             # replace an earlier run's files: the manifest goes first, so a crash here leaves a folder
             # that `ntk-info report` recognizes as incomplete (no manifest)
-            os.remove(os.path.join(self.out, MANIFEST))
+            with contextlib.suppress(FileNotFoundError):  # none when --out held only the user's files
+                os.remove(os.path.join(self.out, MANIFEST))
             for rel in self.old:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.remove(os.path.join(self.out, rel))

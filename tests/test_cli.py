@@ -194,6 +194,9 @@ def test_existing_output_needs_force(tmp_path, capsys):
     status, _, err = _run(capsys, "score", "--out", str(out), *TINY)
     assert status == 2 and f"output directory '{out}' exists and has files; pass --force" in err
     assert sorted(os.listdir(out)) == ["keep.txt"]
+    status, _, err = _run(capsys, "score", "--out", str(out), "--force", *TINY)  # results go next to keep.txt
+    assert status == 0, err
+    assert (out / "keep.txt").read_text() == "mine" and (out / "scores.csv").exists()
     status, _, err = _run(capsys, "report", str(tmp_path))
     assert status == 2 and "manifest.json: missing" in err
 

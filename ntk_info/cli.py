@@ -418,6 +418,9 @@ class _Run:
         out = self.output.commit()
         for warning in settings.get("warnings", []):
             print(f"ntk-info: warning: {warning}", file=sys.stderr)
+        if settings["kernel"] == "trace":
+            print(f"ntk-info: note: scores use the {settings['kernel_meaning']} (kernel {settings['kernel_requested']}"
+                  f"; --kernel full for the full NTK)", file=sys.stderr)
         print(self.stages.summary(), file=sys.stderr)
         print(f"report: {os.path.join(out, 'report.html')}")
         return 0

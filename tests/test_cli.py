@@ -133,6 +133,7 @@ def test_scores_csv_equals_ntk_info_score_and_projection_changes_the_features(tm
         rows = read_csv(out / "scores.csv")
         settings = json.loads((out / "settings.json").read_text())
         assert settings["kernel"] == kernel and settings["projection"] == projection
+        assert ("scores use the output-averaged (trace) NTK" in err) == (kernel == "trace")
         ref = ntk_info.score(model.apply_fn, params, ds.X, targets(ds.y, 10), ds.X_val[::2], lr=settings["lr"],
                              steps=20, discrete=True, coords_per_layer=100, seed=0, method=projection, kernel=kernel,
                              progress=False)

@@ -151,10 +151,9 @@ def _ntk_info(*argv, **kwargs):
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), **kwargs)
 
 
-def test_ctrl_c_exits_130_with_one_line_and_keeps_the_previous_results(tmp_path):
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_previous_results(tmp_path, capsys):
     out = tmp_path / "r"
-    first = _ntk_info("score", "--out", str(out), *SMALL)
-    assert first.wait(timeout=600) == 0, first.stderr.read()
+    assert _run(capsys, "score", "--out", str(out), *SMALL)[0] == 0
     before = {f: (out / f).read_bytes() for f in _files(out)}
     proc = _ntk_info("score", "--out", str(out), "--force", "--seed", "1", *SMALL)
     seen = ""

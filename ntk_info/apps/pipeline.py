@@ -23,8 +23,8 @@ import math
 import numpy as np
 
 __all__ = ["PipelineConfig", "ConfigError", "UnstableLearningRate", "DegenerateData", "PipelineData", "Pipeline",
-           "load_data", "kernel_factor", "choose_lr", "check_lr_stability", "influence_damping",
-           "loo_residual_norms", "base_scores", "split_rows", "check_model_input", "IMAGE_MODELS"]
+           "load_data", "choose_lr", "check_lr_stability", "influence_damping", "loo_residual_norms", "base_scores",
+           "split_rows", "check_model_input", "IMAGE_MODELS"]
 
 IMAGE_MODELS = ("cnn", "resnet")
 

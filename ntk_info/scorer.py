@@ -222,28 +222,20 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
 
     The exact LOO and scores of ``score`` (same equations and settings) for features computed once,
     e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``: see ``score``.
-    2-D ``phi`` (n, p) and ``phi_val`` (m, p) are features of one kernel shared by the k outputs,
-    e.g. ``trace_features(Φ)``: the "trace" kernel (``kernel`` must be "trace" or "auto").
     """
     t_start = time.perf_counter()
     phi = np.asarray(phi)
     outputs = np.asarray(outputs)
-    shared = phi.ndim == 2
-    if phi.ndim not in (2, 3) or outputs.ndim != 2 or phi.shape[:phi.ndim - 1] != outputs.shape[:phi.ndim - 1]:
-        raise ValueError(f"phi, outputs: expected shapes (n, k, p) or (n, p), and (n, k); got {phi.shape} and "
-                         f"{outputs.shape}")
-    if shared and kernel not in ("auto", "trace"):
-        raise ValueError(f"kernel: 2-D phi is an output-shared kernel ('trace'), got kernel={kernel!r}")
+    if phi.ndim != 3 or outputs.shape != phi.shape[:2]:
+        raise ValueError(f"phi, outputs: expected shapes (n, k, p) and (n, k), got {phi.shape} and {outputs.shape}")
     n, k = outputs.shape
     Y = np.asarray(Y, dtype=np.float64).reshape(n, -1) if np.ndim(Y) == 1 else np.asarray(Y, dtype=np.float64)
     if Y.shape != (n, k):
         raise ValueError(f"Y: expected float targets of shape ({n}, {k}) like outputs, got {Y.shape}")
     sgd_batch_size = n if sgd_batch_size is None else sgd_batch_size
-    kernel_used = "trace" if shared else kernel_for(n, k, kernel)
+    kernel_used = kernel_for(n, k, kernel)
     residuals = Y - outputs
-    if shared:
-        phi_used, phi_val_used = phi, phi_val
-    elif kernel_used == "trace":
+    if kernel_used == "trace":
         phi_used, phi_val_used = trace_features(phi), None if phi_val is None else trace_features(phi_val)
     else:
         phi_used, phi_val_used = phi, phi_val
@@ -254,7 +246,7 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
     self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
     fitted = np.asarray(loo.fitted_residuals).reshape(n, k)
     residuals_loo = loo_residuals(loo, n, k)
-    diag = np.sum(phi.reshape(n, -1) ** 2, axis=1)
+    diag = np.einsum("iap,iap->i", phi, phi)
     settings = {
         "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": "sum",
         "sigma": sigma, "sgd_batch_size": sgd_batch_size,

@@ -9,8 +9,8 @@ from jax.flatten_util import ravel_pytree
 
 import ntk_info
 from ntk_info.apps.pipeline import (ConfigError, DegenerateData, Pipeline, PipelineConfig, UnstableLearningRate,
-                                    base_scores, check_lr_stability, choose_lr, influence_damping, kernel_factor,
-                                    load_data, split_rows)
+                                    base_scores, check_lr_stability, choose_lr, influence_damping, load_data,
+                                    split_rows)
 from ntk_info.data import fgsm, load_dataset
 from ntk_info.features import ntk_lambda_max
 from ntk_info.models import get_model, init_params
@@ -82,29 +82,6 @@ def test_score_features_is_score():
         res = score_features(feats.phi, feats.outputs, Y, phi_val, kernel=kernel, progress=False, **opts)
         for name in ("fsi", "si", "si_langevin", "loo_residuals", "weight_change_sq"):
             np.testing.assert_allclose(getattr(res, name), getattr(ref, name), rtol=1e-12, atol=1e-15)
-
-
-def test_kernel_factor_reproduces_every_inner_product():
-    rng = np.random.default_rng(0)
-    phi = rng.normal(size=(6, 3)) @ rng.normal(size=(3, 50))  # rank 3 < rows
-    phi_val = rng.normal(size=(4, 50))
-    F, F_val = kernel_factor(phi, phi_val)
-    assert F.shape == (6, 3)
-    np.testing.assert_allclose(F @ F.T, phi @ phi.T, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(F_val @ F.T, phi_val @ phi.T, rtol=1e-10, atol=1e-10)
-
-
-def test_score_features_with_shared_2d_features_is_the_trace_kernel():
-    rng = np.random.default_rng(3)
-    phi, phi_val = rng.normal(size=(9, 3, 7)), rng.normal(size=(4, 3, 7))
-    outputs, Y = rng.normal(size=(9, 3)), rng.normal(size=(9, 3))
-    opts = dict(lr=0.01, steps=50, discrete=True, progress=False)
-    ref = score_features(phi, outputs, Y, phi_val, kernel="trace", **opts)
-    res = score_features(trace_features(phi), outputs, Y, trace_features(phi_val), **opts)
-    np.testing.assert_allclose(res.fsi, ref.fsi, rtol=1e-12)
-    assert res.settings["kernel"] == "trace"
-    with pytest.raises(ValueError, match="2-D phi is an output-shared kernel"):
-        score_features(trace_features(phi), outputs, Y, kernel="full", **opts)
 
 
 @pytest.mark.parametrize("kernel", ["full", "trace"])

@@ -262,21 +262,6 @@ def split_rows(data: PipelineData) -> list[dict]:
     return out
 
 
-def kernel_factor(phi, phi_val):
-    """(F, F_val) with F Fᵀ = Φ Φᵀ and F_val Fᵀ = Φ_val Φᵀ, F of width rank(Φ) <= rows: Φ (N, p), Φ_val (M, p).
-
-    From K = ΦΦᵀ = U S Uᵀ (eigenvalues below N·eps·s_max dropped): F = U S^½, F_val = Φ_val Φᵀ U S^-½.
-    Exact for leave-one-out on any subset of rows: every weight change lies in the span of the rows
-    of Φ, where F reproduces all inner products (K[kept, kept] = F[kept] F[kept]ᵀ, ‖Δw‖² = αᵀKα).
-    Iterative removal uses it so each rescoring costs O(N³) instead of forming ΦΦᵀ again (p ≫ N).
-    """
-    phi, phi_val = np.asarray(phi, dtype=np.float64), np.asarray(phi_val, dtype=np.float64)
-    s, U = np.linalg.eigh(phi @ phi.T)
-    keep = s > phi.shape[0] * np.finfo(np.float64).eps * max(s.max(), 0.0)
-    root = np.sqrt(s[keep])
-    return U[:, keep] * root, (phi_val @ phi.T) @ U[:, keep] / root
-
-
 def _no_stage(name):
     return contextlib.nullcontext()
 
@@ -372,12 +357,11 @@ class Pipeline:
         """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
 
         Features (and f0) do not depend on which samples are kept: computed once with the same
-        projection as :meth:`score`, compressed once to an exact factor of the same kernel
-        (:func:`kernel_factor`), then ``ntk_info.scorer.score_features`` on the kept rows — the code
-        path of ``score``, so rescoring all samples reproduces :meth:`score`.
+        projection as :meth:`score`, then ``ntk_info.scorer.score_features`` on ``phi[kept]`` — the
+        code path of ``score``, so rescoring all samples reproduces :meth:`score`.
         """
         import ntk_info
-        from ntk_info.scorer import score_features, trace_features
+        from ntk_info.scorer import score_features
 
         c = self.config
         with self.stage("features for rescoring"):
@@ -385,18 +369,13 @@ class Pipeline:
                                                 coords_per_layer=c.coords_per_layer, seed=c.seed,
                                                 method=c.projection, progress=False)
             phi_val = feats.projection.features(self.data.X_val, progress=False).phi
-            n, k = feats.outputs.shape
-            if self.kernel == "trace":  # one n x n kernel shared by the k outputs: 2-D factors
-                phi, phi_val = kernel_factor(trace_features(feats.phi), trace_features(phi_val))
-            else:  # the (n·k) x (n·k) kernel: factor its rows, back to (n, k, r)
-                phi, phi_val = kernel_factor(feats.phi.reshape(n * k, -1), phi_val.reshape(-1, feats.phi.shape[-1]))
-                phi, phi_val = phi.reshape(n, k, -1), phi_val.reshape(-1, k, phi.shape[-1])
         options = self._score_options()
+        options["kernel"] = self.kernel  # decided for the full set: the kept subsets keep the same kernel
 
         def score_fn(kept):
             kept = np.asarray(kept)
             with self.stage("rescoring (iterative)"):
-                result = score_features(phi[kept], feats.outputs[kept], self.Y[kept], phi_val, progress=False,
+                result = score_features(feats.phi[kept], feats.outputs[kept], self.Y[kept], phi_val, progress=False,
                                         **options)
             return base_scores(result, (by,))[by]
 

@@ -131,7 +131,8 @@ def cases(code):
 
     def header_only(folder):
         path = os.path.join(folder, "scores.csv")
-        open(path, "w").write(open(path).readline())
+        header = open(path).readline()
+        open(path, "w").write(header)
 
     def list_settings(folder):
         open(os.path.join(folder, "settings.json"), "w").write("[1, 2]")

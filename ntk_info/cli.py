@@ -234,7 +234,7 @@ class Output:
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would become --out's mode
         except OSError as err:
-            raise CLIError(f"--out {out!r}: cannot write there ({err.strerror or err})") from None
+            raise CLIError(f"--out {out!r}: cannot create a folder in {parent!r} ({err.strerror or err})") from None
         self.state = "writing"
         with open(os.path.join(self.tmp, INCOMPLETE_MARKER), "w") as handle:
             handle.write(f"ntk-info {command}: this folder holds the results of a run that has not finished (or was "
@@ -275,7 +275,8 @@ class Output:
                 return self.out
             # replace an earlier run's files: the manifest goes first, so a crash here leaves a folder
             # that `ntk-info report` recognizes as incomplete (no manifest)
-            os.remove(os.path.join(self.out, MANIFEST))
+            with contextlib.suppress(FileNotFoundError):  # none when --out held only the user's files
+                os.remove(os.path.join(self.out, MANIFEST))
             for rel in self.old:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.remove(os.path.join(self.out, rel))
@@ -317,7 +318,12 @@ def _config(args):
     try:
         return config.validate()
     except ConfigError as err:
-        raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+        raise _option_error(err) from None
+
+
+def _option_error(err):
+    """A PipelineConfig field's error as the CLI option's."""
+    return CLIError(f"--{err.field.replace('_', '-')}: {err.message}")
 
 
 def _check_data_path(path):
@@ -342,7 +348,7 @@ class _Run:
 
     def __init__(self, args, stages, check=None):
         """``check(run)`` validates command-specific needs against the loaded data (before any work)."""
-        from ntk_info.apps.pipeline import ConfigError, DegenerateData, load_data
+        from ntk_info.apps.pipeline import ConfigError, check_model_input, load_data
 
         self.args, self.stages = args, stages
         self.config = _config(args)
@@ -351,16 +357,11 @@ class _Run:
         try:
             with stages("load data"):
                 self.data = load_data(self.config)
-        except ConfigError as err:
-            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
-        except (DegenerateData, ValueError) as err:
-            raise _user_error(err) from None
-        from ntk_info.apps.pipeline import check_model_input
-
-        try:
             check_model_input(self.config.model, self.data)
         except ConfigError as err:
-            raise CLIError(f"--{err.field}: {err.message}") from None
+            raise _option_error(err) from None
+        except ValueError as err:  # unusable data (DegenerateData is one), named by the loaders
+            raise _user_error(err) from None
         if check is not None:
             check(self)
         self.output = args.output = Output(args.out, args.force, args.command)
@@ -372,7 +373,7 @@ class _Run:
         try:
             self.pipe = Pipeline(self.config, self.data, stage=self.stages, progress=not self.args.no_progress)
         except ConfigError as err:
-            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+            raise _option_error(err) from None
         except (UnstableLearningRate, DegenerateData) as err:
             raise _user_error(err) from None
         return self.pipe
@@ -421,6 +422,9 @@ class _Run:
         out = self.output.commit()
         for warning in settings.get("warnings", []):
             print(f"ntk-info: warning: {warning}", file=sys.stderr)
+        if settings["kernel"] == "trace":
+            print(f"ntk-info: note: scores use the {settings['kernel_meaning']} (kernel {settings['kernel_requested']}"
+                  f"; --kernel full for the full NTK)", file=sys.stderr)
         print(self.stages.summary(), file=sys.stderr)
         print(f"report: {os.path.join(out, 'report.html')}")
         return 0

@@ -188,5 +188,5 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
                                seconds, est))
     settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, damping=damping, subset_size=int(subset.size),
                     coords_per_layer=coords_per_layer, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                    lissa_batch_size=lissa_batch_size, seed=seed, n=n, kernel=kernel, projection=method)
+                    lissa_batch_size=lissa_batch_size, seed=seed, n=n, kernel=kernel, projection=opts["method"])
     return CompareTable(rows, brute, brute_seconds, settings)

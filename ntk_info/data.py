@@ -112,7 +112,11 @@ def _finish(name, X, y, X_val, y_val, source, group, image_shape, *, val_fractio
     rows = np.arange(X.shape[0])
     rows_val, val_array = (None, "X") if X_val is None else (np.arange(X_val.shape[0]), "X_val")
     if classes is not None:
-        keep_values = [type(y.flat[0])(c) if y.dtype.kind in "iuf" else str(c) for c in classes]
+        try:
+            keep_values = [type(y.flat[0])(c) if y.dtype.kind in "iuf" else str(c) for c in classes]
+        except ValueError:
+            raise ValueError(f"classes: {list(classes)} are not labels of {name}; its labels are "
+                             f"{sorted(set(y.tolist()))}") from None
         missing = [c for c in keep_values if c not in set(y.tolist())]
         if missing:
             raise ValueError(f"classes: {missing} not among the labels {sorted(set(y.tolist()))}")

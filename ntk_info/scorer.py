@@ -189,7 +189,14 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
 
 def kernel_for(n: int, k: int, kernel: str = "auto") -> str:
     """The kernel ``score`` uses for n samples with k outputs: ``kernel``, or for "auto" "trace" when
-    k > 1 and n·k > TRACE_ROWS_THRESHOLD, else "full" (see ``score``)."""
+    k > 1 and n·k > TRACE_ROWS_THRESHOLD, else "full" (see ``score``).
+
+    Measured (``experiments/trace_kernel_check.py``: digits, 10 classes, n = 300, MLP 256, lr = 1/λ_max,
+    1000 GD steps, 40 samples retrained without): trace vs full F-SI Pearson 0.942 (SI 0.951); against
+    retraining the network, F-SI Pearson 0.933 (trace) vs 0.922 (full), SI 0.880 vs 0.884, at a quarter
+    of the full kernel's time. The trace kernel rescales F-SI (median trace/full 0.72), so compare
+    scores only under one kernel; ``settings["kernel"]`` records which was used.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if kernel != "auto":

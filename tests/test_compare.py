@@ -29,7 +29,26 @@ def test_compare_returns_a_row_per_method(mlp_table):
     assert "linearization" in md and "brute force (20 removals)" in md
     assert mlp_table.row("mpe").pearson["weights"] is None  # MPE gives no weight-change estimate
     assert mlp_table.row("mpe").pearson["self"] is not None
-    assert all(r.seconds > 0 for r in mlp_table.rows)
+    assert mlp_table.settings["kernel"] == "full" and mlp_table.settings["projection"] == "countsketch"
+
+
+def test_linearization_row_is_the_scores_estimator():
+    """compare(kernel=...) validates exactly what ntk_info.score reports with that kernel (the CLI's)."""
+    import ntk_info
+
+    model = mlp(3, width=8)
+    p0 = init_params(model, (4,), seed=0)
+    rng = np.random.default_rng(0)
+    X, X_val = rng.normal(size=(12, 4)), rng.normal(size=(5, 4))
+    Y, Y_val = np.eye(3)[np.arange(12) % 3], np.eye(3)[np.arange(5) % 3]
+    table = compare(model.apply_fn, p0, X, Y, X_val, Y_val, lr=0.05, steps=20, subset_size=4, seed=1,
+                    methods=("linearization",), coords_per_layer=30, kernel="trace", method="subsample",
+                    progress=False)
+    res = ntk_info.score(model.apply_fn, p0, X, Y, X_val, lr=0.05, steps=20, discrete=True, coords_per_layer=30,
+                         seed=1, kernel="trace", method="subsample", progress=False)
+    est, subset = table.row("linearization").estimates, table.brute.indices
+    np.testing.assert_allclose(est["weights"], res.weight_change_sq[subset], rtol=1e-12)
+    np.testing.assert_allclose(est["predictions"], res.prediction_change_sq[subset], rtol=1e-12)
 
 
 def test_linearization_correlates_with_retraining_on_mlp_with_weight_decay(mlp_table):

@@ -70,3 +70,45 @@ def test_csv_round_trip(tmp_path):
     rows = [{"a": 1.5, "b": "x"}, {"a": -2.0, "b": "y"}]
     write_csv(tmp_path / "t.csv", rows)
     assert read_csv(tmp_path / "t.csv") == rows
+
+
+def test_check_results_names_the_damaged_file(tmp_path):
+    from ntk_info.report import check_results
+
+    _results(tmp_path, images=False)
+    check_results(str(tmp_path), require_manifest=False)
+    scores = (tmp_path / "scores.csv").read_bytes()
+    for damaged, message in ((scores[:-7], r"scores.csv: the last line has no line end, so the file was cut mid-row"),
+                             (scores.split(b"\n")[0] + b"\n", r"scores.csv: header only, no data rows"),
+                             (b"", r"scores.csv: empty"),
+                             (scores + b"1,2\n", r"scores.csv: line 42 has 2 fields, the header has 9")):
+        (tmp_path / "scores.csv").write_bytes(damaged)
+        with pytest.raises(ValueError, match=message):
+            check_results(str(tmp_path), require_manifest=False)
+        with pytest.raises(ValueError, match=message):  # build_report refuses it too
+            build_report(str(tmp_path))
+    (tmp_path / "scores.csv").write_bytes(scores)
+    (tmp_path / "settings.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"settings.json: expected a JSON object of settings, got a list"):
+        check_results(str(tmp_path), require_manifest=False)
+    (tmp_path / "settings.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"manifest.json: missing, so .* is not a finished ntk-info run"):
+        check_results(str(tmp_path))
+
+
+def test_check_results_against_the_manifest(tmp_path):
+    from ntk_info.cli import write_manifest
+    from ntk_info.report import INCOMPLETE_MARKER, check_results
+
+    _results(tmp_path, images=False)
+    write_manifest(str(tmp_path), ["scores.csv", "detection.csv", "settings.json"], "score")
+    check_results(str(tmp_path))
+    (tmp_path / "detection.csv").write_text((tmp_path / "detection.csv").read_text().replace("0.9", "0.8"))
+    with pytest.raises(ValueError, match=r"detection.csv: changed since the run wrote it"):
+        check_results(str(tmp_path))
+    (tmp_path / "detection.csv").unlink()
+    with pytest.raises(ValueError, match=r"detection.csv: listed in manifest.json but missing"):
+        check_results(str(tmp_path))
+    (tmp_path / INCOMPLETE_MARKER).write_text("")
+    with pytest.raises(ValueError, match="this run did not finish"):
+        check_results(str(tmp_path))

@@ -34,8 +34,8 @@ for η t λmax up to 1e5). ``dtype="float32"`` is an explicit opt-in (half the m
 accelerators) with a measured error (experiments/precision_float32.py, max|err| / max|ref| of
 weight_change_sq, kernels with spectra log-spaced over 5 decades, lr = 1/λmax): 3.6e-2 for n = 300
 and t = 3000 GD steps, 1.3e-1 for n = 300 and flow with η t λmax = 1e4, 1.75e-1 for n = 1000 and
-t = 3000 (flow and GD; 216 of 1000 directions dropped); float64 agrees with brute force to 4e-13. Its rank cut-off
-N·eps32·λmax drops every direction below ~1e-4·λmax that still trains, and the difference
+t = 3000 (flow and GD; 216 of 1000 directions dropped); float64 agrees with brute force to 4e-13.
+Its rank cut-off N·eps32·λmax drops every direction below ~1e-4·λmax that still trains, and the difference
 φ(s)∘c - Q φ(μ) Qᵀ(...) cancels, so the error grows with the spectrum's span and with η t λmax.
 
 Mean loss (``loss="mean"``, L = (1/n) Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||²): the full model is

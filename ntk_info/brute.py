@@ -48,12 +48,12 @@ class BruteForceResult:
 
 
 def _removal_kernel(apply_fn, params0, start, X, Y, X_val, lr, weight_decay, key, ref_params, ref_val,
-                    ref_train, masks, idx, *, steps, batch_size):
+                    ref_train, masks, idx, *, steps, batch_size, mean_loss=False):
     """vmap over removals: train with 0/1 sample weights ``masks`` (c, n), return the four change measures."""
 
     def one(mask, i):
         params = _train_core(apply_fn, params0, start, X, Y, mask, lr, weight_decay, key,
-                             steps=steps, batch_size=batch_size)
+                             steps=steps, batch_size=batch_size, mean_loss=mean_loss)
         f_train = apply_fn(params, X)
         d_train = ref_train - f_train
         self_change = d_train[i].reshape(-1)
@@ -65,24 +65,26 @@ def _removal_kernel(apply_fn, params0, start, X, Y, X_val, lr, weight_decay, key
     return jax.vmap(one)(masks, idx)
 
 
-_removal_jit = jax.jit(_removal_kernel, static_argnames=("apply_fn", "steps", "batch_size"))
+_removal_jit = jax.jit(_removal_kernel, static_argnames=("apply_fn", "steps", "batch_size", "mean_loss"))
 
 
 def brute_force_loo(apply_fn: Callable, params0: Any, X, Y, *, lr: float, steps: int, weight_decay: float = 0.0,
                     subset=None, X_val=None, warm_start: bool = False, warm_steps: int | None = None,
                     batch_size: int | None = None, seed: int = 0, chunk_size: int = 16,
-                    progress: bool = True) -> BruteForceResult:
+                    progress: bool = True, loss: str = "sum") -> BruteForceResult:
     """Retrain the real network without each sample in ``subset``; return the exact LOO changes.
 
     Training is :func:`ntk_info.training.train` (sum-MSE, weight decay λ toward w0 = ``params0``,
-    ``steps`` GD steps of size ``lr``, or SGD with ``batch_size``). For each i in ``subset`` (default:
-    all n) the run is repeated with sample weight m_i = 0, cold (from ``params0``, ``steps`` steps) or,
+    ``steps`` GD steps of size ``lr``, or SGD with ``batch_size``; ``loss="mean"`` divides the data
+    term by the number of samples trained on, n for the reference and n - 1 without i). For each i
+    in ``subset`` (default: all n) the run is repeated with sample weight m_i = 0, cold (from ``params0``, ``steps`` steps) or,
     with ``warm_start``, from the trained weights for ``warm_steps`` (default ``steps``) steps; see the
     module docstring for the reference run. Returns ||w - w_{-i}||², ||f_w(X_val) - f_{-i}(X_val)||²
     (summed over inputs and outputs) and f_w(x_i) - f_{-i}(x_i), as ``leave_one_out`` does for the
     linearized network. ``chunk_size`` removals are vmapped at a time.
     """
-    X, Y, ones, _ = _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, None, None)
+    X, Y, ones, _ = _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, None, None, loss)
+    mean_loss = loss == "mean"
     n = X.shape[0]
     subset = np.arange(n) if subset is None else np.asarray(subset)
     if subset.ndim != 1 or subset.size == 0 or not np.issubdtype(subset.dtype, np.integer) \
@@ -105,10 +107,10 @@ def brute_force_loo(apply_fn: Callable, params0: Any, X, Y, *, lr: float, steps:
     run_steps = int(steps)
     if warm_start:
         start = _train_jit(apply_fn, params0, params0, X, Y, ones, lr_, wd_, key,
-                                steps=run_steps, batch_size=batch_size)
+                                steps=run_steps, batch_size=batch_size, mean_loss=mean_loss)
         run_steps = run_steps if warm_steps is None else int(warm_steps)
     ref_params = _train_jit(apply_fn, params0, start, X, Y, ones, lr_, wd_, key,
-                                 steps=run_steps, batch_size=batch_size)
+                                 steps=run_steps, batch_size=batch_size, mean_loss=mean_loss)
     ref_train = apply_fn(ref_params, X)
     ref_val = None if X_val is None else apply_fn(ref_params, X_val)
 
@@ -121,7 +123,7 @@ def brute_force_loo(apply_fn: Callable, params0: Any, X, Y, *, lr: float, steps:
         masks = jnp.ones((chunk_size, n), dtype).at[jnp.arange(chunk_size), padded].set(0.0)
         out = jax.device_get(_removal_jit(apply_fn, params0, start, X, Y, X_val, lr_, wd_, key, ref_params,
                                           ref_val, ref_train, masks, jnp.asarray(padded),
-                                          steps=run_steps, batch_size=batch_size))
+                                          steps=run_steps, batch_size=batch_size, mean_loss=mean_loss))
         parts.append([np.asarray(o)[:chunk.size] for o in out])
     w_sq, train_sq, self_change, val_sq = (np.concatenate([p[j] for p in parts]) for j in range(4))
     return BruteForceResult(indices=subset, weight_change_sq=w_sq,

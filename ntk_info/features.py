@@ -216,12 +216,28 @@ def _sketch(j_leaf, key, m, method):
 
 
 def _check_inputs(inputs, name):
+    """``inputs`` as a jax array; ValueError naming ``name`` for a scalar, no rows, a non-numeric dtype,
+    or rows holding NaN/inf (which would otherwise surface as a non-finite Jacobian)."""
     if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
-        inputs = np.asarray(inputs)
+        try:
+            inputs = np.asarray(inputs)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"{name}: expected a rectangular numeric array (n, ...), got {type(inputs).__name__} "
+                             f"that numpy cannot convert ({err})") from err
     if inputs.ndim < 1:
         raise ValueError(f"{name}: expected an array of shape (n, ...), got a scalar")
     if inputs.shape[0] == 0:
         raise ValueError(f"{name}: empty data (0 samples); pass at least one input of shape (n, ...)")
+    dtype = np.dtype(inputs.dtype)
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {dtype}; convert it first, e.g. "
+                         f"np.asarray({name}, dtype=np.float32)")
+    if np.issubdtype(dtype, np.inexact):
+        finite = np.asarray(jnp.isfinite(jnp.asarray(inputs)).reshape(inputs.shape[0], -1).all(axis=1))
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise ValueError(f"{name}: {rows.size} of {inputs.shape[0]} rows contain NaN or inf (rows "
+                             f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}); remove or impute them")
     return jnp.asarray(inputs)
 
 
@@ -229,6 +245,13 @@ def _check_apply(apply_fn, params, inputs) -> int:
     """Evaluate ``apply_fn`` on one sample and return k; re-raise failures naming the cause."""
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got {type(apply_fn).__name__}")
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    not_float = [jax.tree_util.keystr(path) or "params" for path, leaf in leaves
+                 if not jnp.issubdtype(getattr(leaf, "dtype", None) or np.result_type(leaf), jnp.floating)]
+    if not_float:
+        raise ValueError(f"params: expected floating-point leaves (the Jacobian is taken with respect to them), got "
+                         f"non-float dtype at {', '.join(not_float[:5])}{' ...' if len(not_float) > 5 else ''}; "
+                         "cast them, e.g. jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float32), params)")
     try:
         out = apply_fn(params, inputs[:1])
     except Exception as err:  # any failure here is a params/apply_fn/input mismatch: say so

@@ -26,17 +26,28 @@ per sample, below). With an
 kernel: Z_i is (r, 1), c and d_i are (r, k), and squared norms sum over outputs.
 
 Sources: SI paper (Harutyunyan et al. 2021) eq. 10–11, 16–17, App. E; Gu & Eisenstat (1995) for the
-downdate. Accuracy: in float64 (jax x64 on) the outputs agree with brute-force retraining to
-~1e-13 relative to the largest entry on well-conditioned problems (≤ 1e-10 with spectra spanning 6
-decades; tests require 1e-8). With x64 off (float32) measured 5e-7 to 5e-6 on the tests' tiny
-problems and 2e-4 to 3e-4 (both solvers) for n = 200, t = 500 GD steps; the error grows with
-the condition number of the kept spectrum and with η t λmax (the
-difference φ(s)∘c - Q φ(μ) Qᵀ(...) cancels), so use float64 for spectra spanning > ~4 decades.
+downdate. Precision: the engine computes in float64 whatever JAX's global x64 flag says (inside
+``jax.enable_x64(True)``; inputs are cast, outputs are numpy float64). In float64 the outputs agree
+with brute-force retraining to ~1e-13 relative to the largest entry on well-conditioned problems
+(≤ 1e-10 with spectra spanning 6 decades; tests require 1e-8, and per entry 1e-6·|ref| + 1e-10·max
+for η t λmax up to 1e5). ``dtype="float32"`` is an explicit opt-in (half the memory, faster on
+accelerators) with a measured error (experiments/precision_float32.py, max|err| / max|ref| of
+weight_change_sq, kernels with spectra log-spaced over 5 decades, lr = 1/λmax): 3.6e-2 for n = 300
+and t = 3000 GD steps, 1.3e-1 for n = 300 and flow with η t λmax = 1e4, 1.75e-1 for n = 1000 and
+t = 3000 (flow and GD; 216 of 1000 directions dropped); float64 agrees with brute force to 4e-13.
+Its rank cut-off N·eps32·λmax drops every direction below ~1e-4·λmax that still trains, and the difference
+φ(s)∘c - Q φ(μ) Qᵀ(...) cancels, so the error grows with the spectrum's span and with η t λmax.
+
+Mean loss (``loss="mean"``, L = (1/n) Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||²): the full model is
+the sum-loss model with (η/n, nλ), the model without sample i has n - 1 samples, (η/(n-1), (n-1)λ).
+With φ_m(u) = g(u + mλ; η/m) both are exact: d_i = [φ_n(s) - φ_{n-1}(s)]∘c + d_i^{(n-1)}, the second
+term being the sum-loss formula above with φ_{n-1} throughout.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -53,7 +64,10 @@ except ImportError:
 from ntk_info import rational, secular
 from ntk_info.dynamics import _check_settings, _warn_unstable, filter_values
 
-__all__ = ["LOOResult", "leave_one_out"]
+__all__ = ["LOOResult", "leave_one_out", "DTYPES", "LOSSES"]
+
+DTYPES = ("float64", "float32")  # engine precision; float64 is the default whatever jax_enable_x64 says
+LOSSES = ("sum", "mean")
 
 _SINGULAR = ("steps=inf with weight_decay=0 needs a full-rank kernel (rank {r} < N = {N}): use weight_decay > 0 "
              "or finite steps")
@@ -73,7 +87,11 @@ class LOOResult:
     sample in the downdate (k for multi-output kernels/features, 1 for independent outputs).
     With return_coords: weight_change_coords (n, r[, q]) = d_i, train_coords (r, N) = (J U)ᵀ,
     spectrum (r,) = s, trained_coords (r[, q]) = φ(s)∘c = Uᵀ(w - w0) (grid axes first).
-    solver: how finite t was solved, "rational" or "downdate" ("schur" at t = ∞).
+    solver: how finite t was solved, "rational" or "downdate" ("schur" at t = ∞). loss: "sum" or "mean"
+    (``lr`` and ``weight_decay`` are the user's values in that convention). dtype: the engine's
+    precision. roots_converged (n,) bool or None: with the downdate solver, whether every secular
+    root of sample i met its stopping test (a RuntimeWarning names the samples that did not).
+    All arrays are numpy (float64 unless dtype="float32").
     """
 
     weight_change_sq: Any
@@ -96,18 +114,21 @@ class LOOResult:
     spectrum: Any = None
     trained_coords: Any = None
     solver: str = "downdate"
+    loss: str = "sum"
+    dtype: str = "float64"
+    roots_converged: Any = None
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation (concrete values, before jit)
 
 
-def _as_float(x, name):
-    """numpy float array; NaN/inf raise naming the input (cheap sum check first)."""
+def _as_float(x, name, dtype):
+    """numpy array of the engine dtype; NaN/inf raise naming the input (cheap sum check first)."""
     arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.result_type(arr.dtype, np.float32))
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {arr.dtype}.")
+    arr = arr.astype(dtype)
     if not np.isfinite(np.sum(arr)) and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries; remove or repair them.")
@@ -129,11 +150,16 @@ def _shapes(kernel, features, residuals, cross_kernel, cross_features):
         if not square:
             raise ValueError(f"kernel: expected shape (n, n) or (n, n, k, k), got {kernel.shape}.")
         n, kb, given = kernel.shape[0], (kernel.shape[2] if full else 1), kernel.shape
+        if n == 0 or kb == 0:
+            raise ValueError(f"kernel: empty, got shape {kernel.shape}; pass the kernel of at least one sample.")
     else:
         name, full = "features", features.ndim == 3
         if features.ndim not in (2, 3):
             raise ValueError(f"features: expected shape (n, p) or (n, k, p), got {features.shape}.")
         n, kb, given = features.shape[0], (features.shape[1] if full else 1), features.shape
+        if 0 in features.shape:
+            raise ValueError(f"features: empty, got shape {features.shape}; pass features of at least one sample "
+                             "and one coordinate.")
     if residuals.shape[:1] != (n,) or residuals.ndim > 2:
         raise ValueError(f"residuals: expected shape (n,) or (n, k) with n = {n} from {name}, got {residuals.shape}.")
     if full:
@@ -274,7 +300,9 @@ def _downdate_sample(i, s, T, R, c, Bv, lr, steps, lams, tol, *, kb, discrete, r
         d = _phi(s + lam, lr, t, discrete, tol)[:, None] * c - new
         return _measures(d, Z, s, Bv, return_coords)
 
-    return jax.vmap(lambda t, row: jax.vmap(lambda lam, new: point(t, lam, new))(lams, row))(steps, downdated)
+    out = jax.vmap(lambda t, row: jax.vmap(lambda lam, new: point(t, lam, new))(lams, row))(steps, downdated)
+    out["converged"] = jnp.broadcast_to(dd.converged, phi_mu.shape[:2])  # per sample, on the grid's axes
+    return out
 
 
 def _schur_dual_sample(i, s, T, Bv, V, s_all, rho, lams, *, kb, return_coords):
@@ -310,18 +338,33 @@ def _schur_primal_sample(i, s, T, R, c, Bv, lams, *, kb, return_coords):
     push-through identity H_{-i}⁻¹ Φ_iᵀ = H⁻¹ Φ_iᵀ (I - P_i)⁻¹ with the leverage block
     P_i = Φ_i H⁻¹ Φ_iᵀ. In U-coordinates (Φ_iᵀ -> Z_i, Uᵀw -> c/h):
         d_i = diag(1/h) Z_i (I - Z_iᵀ diag(1/h) Z_i)⁻¹ (r_i - Z_iᵀ (c/h)).
-    With λ = 0 this is least squares on the span (the t = ∞ limit of gradient flow from w0); a
-    sample of leverage 1 (its removal drops the rank) then has no unique LOO solution (inf/NaN).
+    Leverage 1 (λ = 0 and sample i alone spans a direction, so I - P_i is singular): rotate the
+    block, P_i = W diag(γ) Wᵀ, v_a = H⁻¹ Z_i w_a. A row with γ_a = 1 has Φ v_a = e_a: no other row
+    sees v_a, and H_{-i} has no curvature along it. Gradient flow from w0 never moves along such a
+    direction, so its t → ∞ limit is the min-norm solution on the remaining rows: remove the rows
+    with γ_a < 1 by the formula above (w' = w - d_B), then project w' off span{v_a}:
+        d_i = d_B + V (VᵀV)⁻¹ Vᵀ w'.
+    A row counts as alone when the remaining samples' curvature along v_a, γ_a(1 - γ_a)/||v_a||², is
+    ≤ tol = N·eps·s_max (the rank cut-off of the factorization). Without such rows this is the
+    formula above.
     """
     r_dim, q = c.shape
     Z = jax.lax.dynamic_slice(T, (0, i * kb), (r_dim, kb))
     Ri = jax.lax.dynamic_slice(R, (i * kb, 0), (kb, q))
+    tol = T.shape[1] * jnp.finfo(s.dtype).eps * s[-1]
 
     def point(lam):
         h = s + lam
         Zh = Z / h[:, None]
-        e = Ri - Zh.T @ c
-        d = Zh @ jnp.linalg.solve(jnp.eye(kb, dtype=Z.dtype) - Z.T @ Zh, e)
+        gamma, W = jnp.linalg.eigh(Z.T @ Zh)
+        Vall = Zh @ W  # v_a = H⁻¹ Z_i w_a, (r, kb)
+        e = W.T @ (Ri - Zh.T @ c)  # rotated fitted residual of sample i
+        alone = (gamma > 0.5) & (gamma * (1.0 - gamma) <= tol * jnp.sum(Vall ** 2, axis=0))
+        inv = jnp.where(alone, 0.0, 1.0 / jnp.where(alone, 1.0, 1.0 - gamma))
+        d_rest = Vall @ (inv[:, None] * e)
+        V = jnp.where(alone[None, :], Vall, 0.0)
+        gram = V.T @ V + jnp.diag(jnp.where(alone, 0.0, 1.0))
+        d = d_rest + V @ jnp.linalg.solve(gram, V.T @ (c / h[:, None] - d_rest))
         return _measures(d, Z, s, Bv, return_coords)
 
     out = jax.vmap(point)(lams)
@@ -425,14 +468,34 @@ def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
 # Public entry
 
 
+def _float64_engine(fn):
+    """Run ``fn`` with JAX's x64 enabled (restored afterwards), so float64 is available whatever the flag."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _enable_x64(True):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _mean_loss_offset(s, c, lr, steps_grid, lams, discrete, tol, n):
+    """[φ_n(s) - φ_{n-1}(s)]∘c per grid point (Gt, Gλ, r, q), φ_m(u) = g(u + mλ; η/m) (module docstring)."""
+    def phi(m):
+        return jax.vmap(lambda t: jax.vmap(lambda lam: _phi(s + m * lam, lr / m, t, discrete, tol))(lams))(steps_grid)
+    return (phi(n) - phi(n - 1))[..., None] * c
+
+
+@_float64_engine
 def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_decay=0.0, discrete=False,
                   cross_kernel=None, cross_features=None, mode="auto", solver="auto", return_coords=False,
-                  chunk_size=None, progress=True) -> LOOResult:
+                  chunk_size=None, progress=True, loss="sum", dtype="float64") -> LOOResult:
     """Exact LOO changes of the linear(ized) model for every training sample, in O(N³ + n·P·k²·r).
 
-    Model and training (sum loss, ``ntk_info.dynamics``): f(x) = f0(x) + J(x)(w - w0), t = ``steps``
+    Model and training (``ntk_info.dynamics``): f(x) = f0(x) + J(x)(w - w0), t = ``steps``
     GD steps (``discrete=True``) or gradient-flow time η t (default) with learning rate η = ``lr``
     and weight decay λ = ``weight_decay`` toward w0; ``steps=float('inf')`` is the converged model.
+    ``loss="sum"`` (default): L = Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||²; ``loss="mean"``: the data
+    term times 1/n, and the model without sample i has the data term times 1/(n-1) (exact, module
+    docstring; keeps the per-sample coordinates in memory, n·r·q floats per grid point).
     ``steps`` and ``weight_decay`` may be 1-D grids: outputs gain leading axes (len(steps),
     len(weight_decay)) for those given as arrays; the downdate roots are computed once per sample.
 
@@ -452,19 +515,28 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         "rational"  φ(μ + λ) as verified partial fractions c0 + Σ_j a_j/(μ - p_j) on [0, s_max]
                     (``ntk_info.rational``, max error ≤ 1e-12·max|φ|, ~10–25 poles), each resolvent of
                     the downdated Gram a k×k Woodbury solve: O(P·r·k²) per sample, all samples batched;
-        "downdate"  the exact secular eigen-downdate (``ntk_info.secular``), O(k·r²) per sample;
+        "downdate"  the exact secular eigen-downdate (``ntk_info.secular``), O(k·r²) per sample; a
+                    secular root that misses its stopping test within the iteration cap gives a
+                    RuntimeWarning naming the samples (``roots_converged`` in the result);
         "auto"      "rational" when every grid point has a verified fit (not for t = ∞ with λ = 0, nor
                     for η t s_max beyond ~1e5), else "downdate".
     When every step count is inf the
     block-Schur formulas are used instead of the downdate (reported mode "schur", basis kept in
     ``basis``); dual Schur needs M = K + λI invertible. Mixed grids (inf and finite steps) use the
-    downdate for all points, with φ = pseudo-inverse 1/(μ+λ) at t = ∞.
+    downdate for all points, with φ = pseudo-inverse 1/(μ+λ) at t = ∞. At t = ∞ with λ = 0 a sample
+    that alone spans a direction (leverage 1) gets gradient flow's t → ∞ limit: the model without it
+    stays at w0 along that direction (min-norm least squares on the remaining samples).
 
-    Rank: eigenvalues ≤ tol = max(N, p_used)·eps·s_max are dropped (exact: they carry no weight
-    change); ``rank`` and ``tolerance`` are reported. Float64 (x64 on) gives ≤ 1e-10 relative accuracy
-    against brute-force retraining; float32 1e-6 to 3e-4, degrading with n and the condition number
-    (see module docstring). ``chunk_size`` samples are processed per call, split over all devices
-    (default: from a ~1.6 GB memory budget), with a tqdm bar.
+    Stability: a RuntimeWarning (for gradient flow too: the real network is trained by GD) when
+    lr ≥ 2/(λmax + λ) (mean loss: 2/(λmax/n + λ)), the limit beyond which GD diverges; not when every
+    step count is inf (the converged model does not depend on lr).
+
+    Precision: ``dtype="float64"`` (default) computes in float64 whatever ``jax_enable_x64`` says;
+    ``dtype="float32"`` is an explicit opt-in with measured errors of 1e-2 to 2e-1 of the largest entry
+    on spectra spanning 5 decades (module docstring). Rank: eigenvalues ≤ tol = max(N, p_used)·eps·s_max
+    are dropped (exact: they carry no weight change); ``rank`` and ``tolerance`` are reported.
+    ``chunk_size`` samples are processed per call, split over all devices (default: from a ~1.6 GB
+    memory budget), with a tqdm bar. Outputs are numpy arrays.
 
     >>> import numpy as np
     >>> X = np.eye(3); res = leave_one_out(kernel=X, residuals=np.ones(3), lr=1.0, steps=float("inf"), progress=False)
@@ -475,26 +547,42 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         raise ValueError(f"mode: expected 'auto', 'dual' or 'primal', got {mode!r}.")
     if solver not in ("auto", "rational", "downdate"):
         raise ValueError(f"solver: expected 'auto', 'rational' or 'downdate', got {solver!r}.")
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected 'sum' or 'mean', got {loss!r}.")
+    try:
+        dtype_name = np.dtype(dtype).name
+    except TypeError:
+        dtype_name = None
+    if dtype_name not in DTYPES:
+        raise ValueError(f"dtype: expected 'float64' (default) or 'float32' (explicit opt-in), got {dtype!r}.")
+    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
     if mode == "primal" and features is None:
         raise ValueError("mode: 'primal' needs explicit features=Φ (n, p) or (n, k, p), got a kernel only; "
                          "use mode='dual' or 'auto' with a kernel.")
     _check_settings(lr, steps, weight_decay, discrete)
-    kernel = None if kernel is None else _as_float(kernel, "kernel")
-    features = None if features is None else _as_float(features, "features")
-    residuals = _as_float(residuals, "residuals")
-    cross_kernel = None if cross_kernel is None else _as_float(cross_kernel, "cross_kernel")
-    cross_features = None if cross_features is None else _as_float(cross_features, "cross_features")
+    kernel = None if kernel is None else _as_float(kernel, "kernel", dtype)
+    features = None if features is None else _as_float(features, "features", dtype)
+    residuals = _as_float(residuals, "residuals", dtype)
+    cross_kernel = None if cross_kernel is None else _as_float(cross_kernel, "cross_kernel", dtype)
+    cross_features = None if cross_features is None else _as_float(cross_features, "cross_features", dtype)
     n, kb, q, N = _shapes(kernel, features, residuals, cross_kernel, cross_features)
     if np.ndim(lr) != 0:
         raise ValueError(f"lr: expected one learning rate (grids are over steps and weight_decay), got {lr!r}.")
-    dtype = jnp.zeros(()).dtype  # float64 with x64 on, else float32
+    if loss == "mean" and n < 2:
+        raise ValueError(f"loss: 'mean' needs n ≥ 2 samples (the model without a sample has n - 1), got n = {n}.")
 
     if mode == "auto":
         basis = "primal" if features is not None and features.shape[-1] < N else "dual"
     else:
         basis = mode
     steps_grid = np.atleast_1d(np.asarray(steps, dtype=float))
-    lams = np.atleast_1d(np.asarray(weight_decay, dtype=float))
+    lams_user = np.atleast_1d(np.asarray(weight_decay, dtype=float))
+    # Sum-loss settings: of the full model (η_f, λ_f) and of the models without one sample (lr, lams),
+    # which is what the per-sample solvers below run; equal for the sum loss.
+    scale_full, scale_loo = (1, 1) if loss == "sum" else (n, n - 1)
+    lr_full, lams_full = float(lr) / scale_full, lams_user * scale_full
+    lr_user, want_coords = float(lr), bool(return_coords)
+    lr, lams, return_coords = lr_user / scale_loo, lams_user * scale_loo, want_coords or loss == "mean"
     all_inf = bool(np.all(np.isinf(steps_grid)))
     R = jnp.asarray(residuals.reshape(N, q), dtype)
 
@@ -504,17 +592,14 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
             raise ValueError(_SINGULAR.format(r=fac.rank, N=N))
     else:
         fac = _factor_primal(features, cross_features, N, dtype)
-        if np.any(np.isinf(steps_grid)) and np.any(lams == 0) and fac.rank >= N:
-            raise ValueError(f"mode: 'primal' with steps=inf and weight_decay=0 needs features of rank < N, got "
-                             f"rank {fac.rank} = N = {N} (every sample interpolated, leverage 1); use mode='dual' "
-                             "or 'auto'.")
     s, T, Bv, tol, r_dim = fac.s, fac.T, fac.Bv, fac.tol, fac.rank
     c = T @ R
-    _warn_unstable(lr, discrete, float(s[-1]), weight_decay)
+    if not all_inf:  # the converged model does not depend on lr
+        _warn_unstable(lr_user, float(s[-1]), weight_decay, loss=loss, n=n, stacklevel=4)
 
     # Trained model: Uᵀ(w - w0) = φ(s)∘c, fitted residuals R - Tᵀ(φ(s)∘c), per grid point.
-    phi_s = jax.vmap(lambda t: jax.vmap(lambda lam: _phi(s + lam, lr, t, discrete, tol))(jnp.asarray(lams, dtype)))(
-        jnp.asarray(steps_grid, dtype))
+    phi_s = jax.vmap(lambda t: jax.vmap(lambda lam: _phi(s + lam, lr_full, t, discrete, tol))(
+        jnp.asarray(lams_full, dtype)))(jnp.asarray(steps_grid, dtype))
     trained = phi_s[..., None] * c
     fitted = R - jnp.einsum("rn,tlrq->tlnq", T, trained)
 
@@ -563,19 +648,39 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         out = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (x.shape[0], len(steps_grid)) + x.shape[2:]), out)
     out = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), out)  # (Gt, Gλ, n, ...)
 
+    if loss == "mean":  # d_i = [φ_n(s) - φ_{n-1}(s)]∘c + d_i^{(n-1)}; every measure is recomputed from d_i
+        offset = _mean_loss_offset(s, c, float(lr_user), jnp.asarray(steps_grid, dtype), jnp.asarray(lams_user, dtype),
+                                   bool(discrete), tol, n)
+        d = out["coords"] + offset[:, :, None]
+        Zs = T.reshape(r_dim, n, kb)
+        out["coords"], out["weight"] = d, jnp.sum(d * d, axis=(-2, -1))
+        out["train"] = jnp.einsum("l,tgnlq->tgn", s, d * d)
+        out["self"] = jnp.einsum("lna,tgnlq->tgnaq", Zs, d).reshape(d.shape[:3] + (-1,))
+        if Bv is not None:
+            out["val"] = jnp.sum(jnp.einsum("ml,tgnlq->tgnmq", Bv, d) ** 2, axis=(-2, -1))
+    roots_converged = None
+    if "converged" in out:
+        roots_converged = np.asarray(out.pop("converged")[0, 0])
+        if not roots_converged.all():
+            bad = np.flatnonzero(~roots_converged)
+            warnings.warn(f"secular root finder: {bad.size} of {n} samples have roots that missed the stopping test "
+                          f"within the iteration cap (samples {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); "
+                          "their LOO values may be inaccurate: compare with solver='rational', or report this "
+                          "case. result.roots_converged marks them.", RuntimeWarning, stacklevel=3)
+
     squeeze = tuple(ax for ax, arg in ((0, steps), (1, weight_decay)) if np.ndim(arg) == 0)
     one_d = residuals.ndim == 1
 
     def finish(x):
-        return jnp.squeeze(x, axis=squeeze) if squeeze else x
+        return np.asarray(jnp.squeeze(x, axis=squeeze) if squeeze else x)
 
     self_change = out["self"].reshape(out["self"].shape[:3] + ((kb * q,) if not one_d else ()))
     fitted_out = fitted.reshape(fitted.shape[:2] + (n,) + ((kb * q,) if not one_d else ()))
     coords = {}
-    if return_coords:
+    if want_coords:
         d = out["coords"]
-        coords = dict(weight_change_coords=finish(d if q > 1 else d[..., 0]), train_coords=T, spectrum=s,
-                      trained_coords=finish(trained if q > 1 else trained[..., 0]))
+        coords = dict(weight_change_coords=finish(d if q > 1 else d[..., 0]), train_coords=np.asarray(T),
+                      spectrum=np.asarray(s), trained_coords=finish(trained if q > 1 else trained[..., 0]))
     return LOOResult(
         weight_change_sq=finish(out["weight"]),
         prediction_change_sq=finish(out["val"]) if "val" in out else None,
@@ -588,10 +693,13 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         rank=r_dim,
         tolerance=tol,
         block_size=kb,
-        lr=float(lr),
+        lr=lr_user,
         steps=steps,
         weight_decay=weight_decay,
         discrete=bool(discrete),
         solver="schur" if all_inf else path,
+        loss=loss,
+        dtype=dtype_name,
+        roots_converged=roots_converged,
         **coords,
     )

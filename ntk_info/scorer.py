@@ -2,8 +2,9 @@
 
 Pipeline: projected per-layer Jacobian features Φ of the training and validation inputs (one shared
 projection, ``ntk_info.features``) → residuals r = Y - f0(X) → exact leave-one-out of the
-linearized network trained with the sum loss Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||² for
-``steps`` steps of learning rate ``lr`` (``ntk_info.leave_one_out``) → scores (``ntk_info.scores``).
+linearized network trained with the sum loss Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||² (or the mean
+loss, data term / n) for ``steps`` steps of learning rate ``lr`` (``ntk_info.leave_one_out``, float64)
+→ scores (``ntk_info.scores``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import scores as _scores
 from .features import _check_apply, _check_inputs, projected_features
-from .loo import leave_one_out
+from .loo import DTYPES, LOSSES, leave_one_out
 
 __all__ = ["score", "score_features", "ScoreResult", "KERNELS", "TRACE_ROWS_THRESHOLD", "kernel_for",
            "trace_features", "loo_residuals"]
@@ -135,16 +136,22 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
-          sigma=1.0, sgd_batch_size=None, targets=None, progress=True) -> ScoreResult:
+          sigma=1.0, sgd_batch_size=None, targets=None, progress=True, loss="sum",
+          dtype="float64") -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
     (``projected_features`` with ``coords_per_layer``, ``seed``, ``method``; X and X_val share one
     projection), trained on Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||² (λ = ``weight_decay``) for
     ``steps`` steps of learning rate ``lr`` (gradient flow; ``discrete=True``: exact full-batch GD;
-    steps=inf: converged). Exact leave-one-out (``leave_one_out``, ``mode`` "auto"/"dual"/"primal"),
+    steps=inf: converged); ``loss="mean"`` scales the data term by 1/n (1/(n-1) for the model without
+    a sample; ``leave_one_out``). Exact leave-one-out (``leave_one_out``, ``mode`` "auto"/"dual"/"primal"),
     then si = ½||Δw||²/σ² (SI paper eq. 5), si_langevin = (b/(ησ²)) Δwᵀ(ΦᵀΦ + λI)Δw (eq. 15, b =
     ``sgd_batch_size``, default n), fsi = ||f(X_v) - f_{-i}(X_v)||²/(2σ²m) (eq. 16–17, needs X_val).
+
+    Precision: the leave-one-out runs in float64 whatever ``jax_enable_x64`` says (``dtype="float32"``
+    is an explicit opt-in, see ``leave_one_out``); features are computed in the dtype of ``params``.
+    A RuntimeWarning is raised when lr is at or above the GD stability limit 2/(λmax + λ).
 
     Targets: ``Y`` float of the model's output shape (n, k) (or (n,) when k = 1); integer class
     labels (n,) only with ``targets="onehot"`` (row i = e_{y_i} ∈ R^k).
@@ -162,12 +169,20 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     Y = _targets(Y, n, k, targets)
     if X_val is not None:
         X_val = _check_inputs(X_val, "X_val")
+        if X_val.shape[1:] != X.shape[1:]:
+            raise ValueError(f"X_val: expected inputs of shape (m, {', '.join(map(str, X.shape[1:]))}) like X "
+                             f"{tuple(X.shape)}, got {tuple(X_val.shape)}")
     lr = _check_scalar(lr, "lr", strict=True)
     steps = _check_scalar(steps, "steps", allow_inf=True, strict=True)
     weight_decay = _check_scalar(weight_decay, "weight_decay")
     sigma = _check_scalar(sigma, "sigma", strict=True)
     sgd_batch_size = n if sgd_batch_size is None else int(_check_scalar(sgd_batch_size, "sgd_batch_size", strict=True))
     kernel_for(n, k, kernel)
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES} (float64 is the default; float32 an explicit opt-in), "
+                         f"got {dtype!r}")
 
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
@@ -178,7 +193,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     t_val = time.perf_counter()
     result = score_features(feats.phi, feats.outputs, Y, None if feats_val is None else feats_val.phi, lr=lr,
                             steps=steps, weight_decay=weight_decay, discrete=discrete, mode=mode, kernel=kernel,
-                            sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress)
+                            sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress, loss=loss, dtype=dtype)
     settings = {
         **feats.projection.settings(), "feature_batch_size": feats.batch_size, **result.settings,
         "targets": targets or "float", "seconds_features": t_features - t_start,
@@ -217,11 +232,13 @@ def loo_residuals(loo, n: int, k: int) -> np.ndarray:
 
 
 def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0, discrete=False, mode="auto",
-                   kernel="auto", sigma=1.0, sgd_batch_size=None, progress=True) -> ScoreResult:
+                   kernel="auto", sigma=1.0, sgd_batch_size=None, progress=True, loss="sum",
+                   dtype="float64") -> ScoreResult:
     """``score`` from features: Φ (n, k, p), f0(X) = ``outputs`` (n, k), float targets ``Y`` (n, k), Φ_val (m, k, p).
 
     The exact LOO and scores of ``score`` (same equations and settings) for features computed once,
-    e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``: see ``score``.
+    e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``, ``loss``, ``dtype``: see
+    ``score``.
     """
     t_start = time.perf_counter()
     phi = np.asarray(phi)
@@ -240,7 +257,8 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
     else:
         phi_used, phi_val_used = phi, phi_val
     loo = leave_one_out(features=phi_used, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=discrete, cross_features=phi_val_used, mode=mode, progress=progress)
+                        discrete=discrete, cross_features=phi_val_used, mode=mode, progress=progress, loss=loss,
+                        dtype=dtype)
     t_loo = time.perf_counter()
 
     self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
@@ -248,8 +266,8 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
     residuals_loo = loo_residuals(loo, n, k)
     diag = np.einsum("iap,iap->i", phi, phi)
     settings = {
-        "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": "sum",
-        "sigma": sigma, "sgd_batch_size": sgd_batch_size,
+        "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": loss,
+        "dtype": loo.dtype, "sigma": sigma, "sgd_batch_size": sgd_batch_size,
         "kernel": kernel_used, "kernel_requested": kernel, "mode_requested": mode, "mode": loo.mode,
         "basis": loo.basis, "rank": int(loo.rank), "n": n, "k": k, "n_val": int(loo.n_val),
         "seconds_loo": t_loo - t_start,

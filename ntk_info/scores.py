@@ -2,7 +2,10 @@
 
 All take a ``LOOResult`` (``ntk_info.leave_one_out``) whose per-sample fields may carry leading grid
 axes (len(steps), len(weight_decay)); scores keep them. Sum-loss convention throughout:
-H = JᵀJ + λI is the Hessian of Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||².
+H = JᵀJ + λI is the Hessian of Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||². A result with
+``loss="mean"`` (data term / n) is the same GD iteration as the sum loss with learning rate η/n and
+weight decay nλ (``ntk_info.dynamics``): the scores that use η and λ convert them so (lr and
+weight_decay arguments are then read in the mean-loss convention too).
 """
 from __future__ import annotations
 
@@ -17,6 +20,16 @@ def _positive(value, name):
     if not np.all(np.asarray(value, dtype=float) > 0):
         raise ValueError(f"{name}: expected a positive number, got {value!r}.")
     return value
+
+
+def _sum_loss_settings(result, lr, weight_decay):
+    """(η, λ) of the sum-loss iteration equal to the result's training: (η/n, nλ) for a mean loss."""
+    eta = _positive(result.lr if lr is None else lr, "lr")
+    lam = np.asarray(result.weight_decay if weight_decay is None else weight_decay, dtype=float)
+    if getattr(result, "loss", "sum") == "mean":
+        n = np.shape(result.weight_change_sq)[-1]
+        return eta / n, lam * n
+    return eta, lam
 
 
 def _per_lambda(result, weight_decay):
@@ -37,12 +50,13 @@ def si_langevin(result, *, batch_size, lr=None, weight_decay=None, sigma=1.0):
     """SI of the SGD/Langevin steady state: (b/(ησ²)) Δwᵀ H Δw, H = JᵀJ + λI (SI paper eq. 15).
 
     Δwᵀ H Δw = ||J Δw||² + λ||Δw||² = train_prediction_change_sq + λ·weight_change_sq. b =
-    ``batch_size``, η = ``lr`` (default: the result's), λ = ``weight_decay`` (default: the result's).
+    ``batch_size``, η = ``lr`` (default: the result's), λ = ``weight_decay`` (default: the result's);
+    for a mean-loss result (η/n, nλ), the equal sum-loss iteration.
     """
     _positive(batch_size, "batch_size")
     _positive(sigma, "sigma")
-    eta = _positive(result.lr if lr is None else lr, "lr")
-    lam = _per_lambda(result, weight_decay)
+    eta, lam_sum = _sum_loss_settings(result, lr, weight_decay)
+    lam = _per_lambda(result, lam_sum)
     quad = np.asarray(result.train_prediction_change_sq) + lam * np.asarray(result.weight_change_sq)
     return batch_size / (eta * sigma ** 2) * quad
 
@@ -93,13 +107,14 @@ def si_lyapunov(result, *, batch_size, lr=None, gradient_covariance=None, rcond=
     pseudo-inverse on that span (eigenvalues ≤ rcond·max dropped; rcond default 1e-10): directions
     without gradient noise carry no information. Independent outputs (block_size 1, q outputs) use
     the q·r-dimensional weight vector, ordered (r, q) row-major. ``gradient_covariance`` overrides Λ
-    (U-coordinates, (r·q, r·q)); Λ = σ²I reproduces ``si_langevin``.
+    (U-coordinates, (r·q, r·q)); Λ = σ²I reproduces ``si_langevin``. A mean-loss result uses the equal
+    sum-loss iteration (η/n, nλ).
     """
     if result.weight_change_coords is None:
         raise ValueError("result: expected a LOOResult with U-coordinates, got none; call leave_one_out(..., "
                          "return_coords=True).")
     _positive(batch_size, "batch_size")
-    eta = _positive(result.lr if lr is None else lr, "lr")
+    eta, lams = _sum_loss_settings(result, lr, None)
     s = np.asarray(result.spectrum)
     T = np.asarray(result.train_coords)
     r_dim, N = T.shape
@@ -109,7 +124,6 @@ def si_lyapunov(result, *, batch_size, lr=None, gradient_covariance=None, rcond=
     fitted_all = np.asarray(result.fitted_residuals)
     trained_all = np.asarray(result.trained_coords)
     grid = np.shape(result.weight_change_sq)[:-1]  # (len(steps),)?, (len(weight_decay),)?
-    lams = np.asarray(result.weight_decay, dtype=float)
     out = np.empty(grid + (n,))
     for index in np.ndindex(*grid):
         lam = float(lams[index[-1]]) if lams.ndim else float(lams)

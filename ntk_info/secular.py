@@ -21,6 +21,7 @@ Applying Qᵀ or Q to a vector costs O(r) per root, O(r²) per rank-one step.
 API (the LOO engine is written against it):
     dd = downdate(s, Z)            s: (r,) eigenvalues, Z: (r, k)
     dd.roots                       (r,) eigenvalues μ of diag(s) - Z Zᵀ
+    dd.converged, dd.iterations    every root met the stopping test (bool), sweeps used (int)
     apply(dd, fvals, x)            Q diag(fvals) Qᵀ x, fvals (r,) = f(dd.roots), x (r,) or (r, q)
     transpose_apply(dd, x), basis_apply(dd, y)     Qᵀ x and Q y separately (x, y: (r, q))
 All are pure and jit/vmap-compatible; ``downdate_dense`` is the brute-force reference.
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 
 __all__ = ["downdate", "downdate_dense", "apply", "transpose_apply", "basis_apply", "SecularDowndate", "DenseDowndate"]
 
-_MAX_ITERATIONS = 60  # bisection alone needs ≤ 52 halvings of a float64 bracket; typical: 3–6
+_MAX_ITERATIONS = 60  # full sweeps (then as many compacted ones); bisection alone needs ≤ 52 halvings; typical: 3–6
 _FUSED_COLUMNS = 8  # up to this many right-hand sides, recompute reciprocals in fused passes
 _ACCEPT_STEP = 1e-12  # relative step below which a rational (quadratically convergent) step is final
 
@@ -62,10 +63,18 @@ class RankOneFactor(NamedTuple):
 
 
 class SecularDowndate(NamedTuple):
-    """Eigen-decomposition of diag(s) - Z Zᵀ as k stacked rank-one factors (leading axis k)."""
+    """Eigen-decomposition of diag(s) - Z Zᵀ as k stacked rank-one factors (leading axis k).
+
+    converged: whether every root of every rank-one step met the stopping test (|f| ≤ 16·eps·scale
+    of the secular function, a bracket of 4 ulps, or a final rational step ≤ 1e-12 relative) within
+    the iteration cap; iterations: the most sweeps any step used. A root that hit the cap is the
+    midpoint or last iterate of its bracket, still inside its interval but not to full precision.
+    """
 
     roots: jnp.ndarray
     factors: RankOneFactor
+    converged: jnp.ndarray
+    iterations: jnp.ndarray
 
 
 def downdate_dense(s, Z) -> DenseDowndate:
@@ -135,12 +144,13 @@ def _householder(factor: RankOneFactor, x):
     return x - (2.0 * v / safe)[:, None] * proj
 
 
-def _secular_roots(poles, z2, active, tol):
+def _secular_roots(poles, z2, active, tol, max_iterations):
     """Roots of 1 + Σ_l z2_l / (poles_l - λ) = 0 for every active index (poles ascending).
 
     Root j lies in (poles_j, poles_next(j)), next(j) the next active index, or in
-    (poles_j, poles_j + Σ z2) for the last. Returns (origin, tau) with λ_j = poles[origin] + tau;
-    deflated indices get origin j, tau 0 (their root is their own pole).
+    (poles_j, poles_j + Σ z2) for the last. Returns (origin, tau, converged, iterations) with
+    λ_j = poles[origin] + tau; deflated indices get origin j, tau 0 (their root is their own pole).
+    At most ``max_iterations`` full sweeps, then up to as many over the unconverged roots.
     """
     r = poles.shape[0]
     index = jnp.arange(r)
@@ -241,7 +251,7 @@ def _secular_roots(poles, z2, active, tol):
 
     def full_cond(state):
         it, _, _, _, done = state
-        return (it < _MAX_ITERATIONS) & (jnp.sum(~done) > budget)
+        return (it < max_iterations) & (jnp.sum(~done) > budget)
 
     def full_body(state):
         it, tau, lower, upper, done = state
@@ -249,7 +259,7 @@ def _secular_roots(poles, z2, active, tol):
 
     def tail_cond(state):
         it, _, _, _, done = state
-        return (it < 2 * _MAX_ITERATIONS) & ~jnp.all(done)
+        return (it < 2 * max_iterations) & ~jnp.all(done)
 
     def tail_body(state):
         it, tau, lower, upper, done = state
@@ -259,10 +269,10 @@ def _secular_roots(poles, z2, active, tol):
 
     state = (0, tau, lower, upper, ~active)
     state = jax.lax.while_loop(full_cond, full_body, state)
-    _, tau, _, _, _ = jax.lax.while_loop(tail_cond, tail_body, state)
+    iterations, tau, _, _, done = jax.lax.while_loop(tail_cond, tail_body, state)
     origin = jnp.where(active, origin, index)
     tau = jnp.where(active, tau, 0.0)
-    return origin, tau
+    return origin, tau, jnp.all(done), iterations
 
 
 def _loewner(poles, origin, tau, z, active):
@@ -280,8 +290,8 @@ def _loewner(poles, origin, tau, z, active):
     return jnp.where(active, jnp.sign(z) * jnp.sqrt(jnp.maximum(zhat2, 0.0)), 0.0)
 
 
-def _rank_one(d, z):
-    """Factor for the eigen-decomposition of diag(d) - z zᵀ; returns (factor, new eigenvalues)."""
+def _rank_one(d, z, max_iterations):
+    """Factor for diag(d) - z zᵀ; returns (factor, new eigenvalues, converged, iterations)."""
     r = d.shape[0]
     eps = jnp.finfo(d.dtype).eps
     perm = jnp.argsort(-d)
@@ -305,31 +315,36 @@ def _rank_one(d, z):
     active = jnp.abs(zt) * jnp.sqrt(znorm2) > tol
     z2 = jnp.where(active, zt * zt, 0.0)
 
-    origin, tau = _secular_roots(poles, z2, active, tol)
+    origin, tau, converged, iterations = _secular_roots(poles, z2, active, tol, max_iterations)
     zhat = _loewner(poles, origin, tau, zt, active)
     factor = RankOneFactor(perm, group, v, vsq, poles, origin, tau, zhat, active, jnp.zeros_like(poles))
     (norms2,) = _row_reduce(((_inverse_gaps(factor, rows_are_roots=True) * zhat[None, :]) ** 2,))
     inv_norm = jnp.where(active, 1.0 / jnp.sqrt(jnp.where(active, norms2, 1.0)), 0.0)
     factor = factor._replace(inv_norm=inv_norm)
     roots = -(poles[origin] + tau)
-    return factor, roots
+    return factor, roots, converged, iterations
 
 
-def downdate(s, Z) -> SecularDowndate:
+def downdate(s, Z, max_iterations=None) -> SecularDowndate:
     """Eigen-decomposition of diag(s) - Z Zᵀ (s: (r,), Z: (r, k)) as k secular rank-one steps.
 
     Step j downdates by the j-th column of Z expressed in the current eigenbasis (Qᵀ z_j), so
     Q = Q_1 Q_2 ⋯ Q_k. Cost O(k² r²) per call (roots, Löwner, and rotating the remaining columns).
+    ``max_iterations`` (default 60, a static int) caps the root sweeps; the result's ``converged``
+    says whether every root met the stopping test within it (the caller decides what to do).
     """
+    cap = _MAX_ITERATIONS if max_iterations is None else int(max_iterations)
     Z = Z.reshape(Z.shape[0], -1)
     d, rest, factors = s, Z, []
+    converged, iterations = jnp.asarray(True), jnp.asarray(0)
     for j in range(Z.shape[1]):
-        factor, d = _rank_one(d, rest[:, j])
+        factor, d, ok, its = _rank_one(d, rest[:, j], cap)
         factors.append(factor)
+        converged, iterations = converged & ok, jnp.maximum(iterations, its)
         if j + 1 < Z.shape[1]:
             rest = _factor_transpose_apply(factor, rest)
     stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *factors)
-    return SecularDowndate(d, stacked)
+    return SecularDowndate(d, stacked, converged, iterations)
 
 
 def transpose_apply(dd, x):

@@ -5,7 +5,8 @@ Loss (SI paper §2 and App. F, eq. 31; a SUM over samples, weight decay toward t
     L(w) = sum_i m_i ½||f_w(x_i) - y_i||² + (λ/2)||w - w0||²,
 
 with per-sample weights m_i (1 by default; m_i = 0 removes sample i, which is how brute-force
-leave-one-out vectorizes over removals). "Train for t steps with lr η" means t updates
+leave-one-out vectorizes over removals). ``loss="mean"`` divides the data term by Σ_i m_i (n, or n - 1
+with one sample removed): L = (1/Σm) Σ_i m_i ½||f_w(x_i) - y_i||² + (λ/2)||w - w0||². "Train for t steps with lr η" means t updates
 w <- w - η g, where g = ∇L for full-batch gradient descent (``batch_size=None``), exactly the
 iteration whose closed form is the discrete-GD filter g(u) = (1 - (1 - ηu)^t)/u. Minibatch SGD
 draws b of the n samples without replacement at every step and rescales the data part of the
@@ -42,9 +43,13 @@ def loss(apply_fn: Callable, params, params0, X, Y, sample_weights, weight_decay
 
 
 def _train_core(apply_fn, params0, start_params, X, Y, sample_weights, lr, weight_decay, key, *,
-                steps: int, batch_size: int | None):
-    """t steps of full-batch GD (``batch_size=None``) or minibatch SGD on ``loss``; traceable, vmappable."""
+                steps: int, batch_size: int | None, mean_loss: bool = False):
+    """t steps of full-batch GD (``batch_size=None``) or minibatch SGD on ``loss``; traceable, vmappable.
+
+    ``mean_loss``: the weights are divided by their sum (the data term is a weighted mean)."""
     n = X.shape[0]
+    if mean_loss:
+        sample_weights = sample_weights / jnp.sum(sample_weights)
     optimizer = optax.sgd(lr)
     grad_fn = jax.grad(loss, argnums=1)
 
@@ -63,7 +68,7 @@ def _train_core(apply_fn, params0, start_params, X, Y, sample_weights, lr, weigh
     return params
 
 
-_train_jit = jax.jit(_train_core, static_argnames=("apply_fn", "steps", "batch_size"))
+_train_jit = jax.jit(_train_core, static_argnames=("apply_fn", "steps", "batch_size", "mean_loss"))
 
 
 def output_dim(apply_fn: Callable, params, X) -> int:
@@ -72,8 +77,11 @@ def output_dim(apply_fn: Callable, params, X) -> int:
     return int(np.prod(out.shape[1:]))
 
 
-def _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, sample_weights, start_params):
+def _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, sample_weights, start_params,
+              loss="sum"):
     """Check user input before jit and return (X, Y reshaped to the output shape, weights, start)."""
+    if loss not in ("sum", "mean"):
+        raise ValueError(f"loss: expected 'sum' (Σ_i ½||f - y||²) or 'mean' (the same divided by n), got {loss!r}")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable apply_fn(params, x), got {type(apply_fn).__name__}")
     X = jnp.asarray(X)
@@ -103,6 +111,9 @@ def _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, samp
         sample_weights = jnp.asarray(sample_weights, out.dtype)
         if sample_weights.shape != (n,):
             raise ValueError(f"sample_weights: expected shape ({n},), got {sample_weights.shape}")
+        if loss == "mean" and not float(jnp.sum(sample_weights)) > 0:
+            raise ValueError("sample_weights: loss='mean' divides by their sum, which must be > 0; got "
+                             f"{float(jnp.sum(sample_weights))}")
     if start_params is None:
         start_params = params0
     elif jax.tree_util.tree_structure(start_params) != jax.tree_util.tree_structure(params0):
@@ -112,10 +123,11 @@ def _validate(apply_fn, params0, X, Y, lr, steps, weight_decay, batch_size, samp
 
 
 def train(apply_fn: Callable, params0: Any, X, Y, *, lr: float, steps: int, weight_decay: float = 0.0,
-          batch_size: int | None = None, seed: int = 0, sample_weights=None, start_params=None):
+          batch_size: int | None = None, seed: int = 0, sample_weights=None, start_params=None, loss: str = "sum"):
     """Train the real network for ``steps`` steps of GD (or SGD) on the sum-MSE loss; return the params.
 
-    Minimizes L(w) = sum_i m_i ½||f_w(x_i) - y_i||² + (λ/2)||w - w0||² (SI paper eq. 31) with
+    Minimizes L(w) = sum_i m_i ½||f_w(x_i) - y_i||² + (λ/2)||w - w0||² (SI paper eq. 31), or with
+    ``loss="mean"`` L(w) = (1/Σm) sum_i m_i ½||f_w(x_i) - y_i||² + (λ/2)||w - w0||², with
     w0 = ``params0`` (decay toward the init), λ = ``weight_decay``, m = ``sample_weights``, starting
     from ``start_params`` (default ``params0``). Each step is w <- w - η g with η = ``lr``: g = ∇L for
     ``batch_size=None`` (full-batch GD, the iteration the discrete-GD filter describes exactly), else
@@ -131,11 +143,11 @@ def train(apply_fn: Callable, params0: Any, X, Y, *, lr: float, steps: int, weig
     [0.5, 1.0]
     """
     X, Y, sample_weights, start_params = _validate(apply_fn, params0, X, Y, lr, steps, weight_decay,
-                                                   batch_size, sample_weights, start_params)
+                                                   batch_size, sample_weights, start_params, loss)
     dtype = Y.dtype
     return _train_jit(apply_fn, params0, start_params, X, Y, sample_weights, jnp.asarray(lr, dtype),
                       jnp.asarray(weight_decay, dtype), jax.random.PRNGKey(seed), steps=int(steps),
-                      batch_size=None if batch_size is None else int(batch_size))
+                      batch_size=None if batch_size is None else int(batch_size), mean_loss=loss == "mean")
 
 
 def targets(labels, num_classes: int | None = None, kind: str = "onehot", positive=None):

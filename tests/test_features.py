@@ -233,7 +233,7 @@ def test_errors(problem):
         projected_features(apply_fn, params, X, method="srht", progress=False)
     with pytest.raises(ValueError, match="coords_per_layer"):
         projected_features(apply_fn, params, X, coords_per_layer=0, progress=False)
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(ValueError, match="params: expected floating-point"):
         projected_features(lambda p, x: x @ p["W"] * 1.0, {"W": np.ones((D_IN, 1), int)}, X, progress=False)
     with pytest.raises(ValueError, match="kernel: expected shape"):
         kernel_relative_error(np.ones((3, 1, 4)), np.ones((3, 3)).reshape(3, 3, 1, 1)[:2])

@@ -1,4 +1,5 @@
 """score() against leave_one_out on the exact NTK, against explicit retraining of the linearized model, and its API."""
+import re
 import sys
 
 import jax
@@ -8,7 +9,6 @@ from jax.flatten_util import ravel_pytree
 
 import ntk_info
 from ntk_info import scores
-from ntk_info.features import exact_ntk
 from ntk_info.models import get_model, init_params
 from ntk_info.scorer import TRACE_ROWS_THRESHOLD, score
 
@@ -25,9 +25,18 @@ def make_problem(k, seed=0):
     return model.apply_fn, params, X, Y, X_val
 
 
+def exact_ntk(apply_fn, params, x1, x2=None):
+    """K(x1, x2)_{ij,ab} = ⟨∂f_a(x1_i)/∂w, ∂f_b(x2_j)/∂w⟩ (n1, n2, k, k) from the full Jacobian (jacrev)."""
+    flat, unravel = ravel_pytree(params)
+    jac = lambda x: np.asarray(jax.jacrev(lambda w: apply_fn(unravel(w), x))(flat))  # noqa: E731  (n, k, d)
+    J1 = jac(x1)
+    J2 = J1 if x2 is None else jac(x2)
+    return np.einsum("iad,jbd->ijab", J1, J2)
+
+
 def exact_loo(apply_fn, params, X, Y, X_val, **kw):
-    K = exact_ntk(apply_fn, params, X, progress=False)
-    K_val = exact_ntk(apply_fn, params, X_val, X, progress=False)
+    K = exact_ntk(apply_fn, params, X)
+    K_val = exact_ntk(apply_fn, params, X_val, X)
     f0 = np.asarray(apply_fn(params, X))
     return ntk_info.leave_one_out(kernel=K, residuals=Y - f0, cross_kernel=K_val, progress=False, **kw)
 
@@ -97,8 +106,8 @@ def test_trace_kernel_equals_output_averaged_ntk():
     apply_fn, params, X, Y, X_val = make_problem(k)
     res = score(apply_fn, params, X, Y, X_val, lr=LR, steps=STEPS, coords_per_layer=100, kernel="trace",
                 progress=False)
-    K = exact_ntk(apply_fn, params, X, progress=False)
-    K_val = exact_ntk(apply_fn, params, X_val, X, progress=False)
+    K = exact_ntk(apply_fn, params, X)
+    K_val = exact_ntk(apply_fn, params, X_val, X)
     trace = lambda kern: np.einsum("ijaa->ij", kern) / k  # noqa: E731  (neural-tangents trace_axes=(-1,))
     ref = ntk_info.leave_one_out(kernel=trace(K), residuals=Y - np.asarray(apply_fn(params, X)),
                                  cross_kernel=trace(K_val), lr=LR, steps=STEPS, progress=False)
@@ -162,8 +171,47 @@ def test_result_export(tmp_path, monkeypatch):
     for key in ("projection_method", "coords_per_layer", "seed", "p", "lr", "steps", "weight_decay", "discrete",
                 "mode", "kernel", "n", "k", "seconds_total"):
         assert key in res.settings
-    stats = res.kernel_diagonal_stats
-    assert stats["min"] <= stats["median"] <= stats["max"] and stats["min"] > 0
+    phi = res.projection.features(X, progress=False).phi
+    diag = np.einsum("iap,iap->i", phi, phi)
+    assert res.kernel_diagonal_stats == pytest.approx({"min": diag.min(), "median": np.median(diag),
+                                                       "mean": diag.mean(), "max": diag.max()}, rel=1e-12)
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="needs pandas"):
         res.to_dataframe()
+
+
+def test_mean_loss_is_passed_to_the_engine():
+    """score(loss="mean") is leave_one_out(loss="mean") on score's own features, not the sum loss."""
+    apply_fn, params, X, Y, X_val = make_problem(2, seed=3)
+    lr = LR * N  # the same step size as the sum-loss tests
+    res = score(apply_fn, params, X, Y, X_val, lr=lr, steps=STEPS, weight_decay=0.01, loss="mean", kernel="full",
+                coords_per_layer=100, progress=False)
+    feats, feats_val = (res.projection.features(x, progress=False) for x in (X, X_val))
+    ref = ntk_info.leave_one_out(features=feats.phi, residuals=Y - feats.outputs, cross_features=feats_val.phi,
+                                 lr=lr, steps=STEPS, weight_decay=0.01, loss="mean", progress=False)
+    np.testing.assert_allclose(res.weight_change_sq, ref.weight_change_sq, rtol=1e-12)
+    np.testing.assert_allclose(res.fsi, scores.fsi(ref), rtol=1e-12)
+    np.testing.assert_allclose(res.si_langevin, scores.si_langevin(ref, batch_size=N), rtol=1e-12)
+    assert res.settings["loss"] == "mean" and res.settings["dtype"] == "float64"
+    naive = score(apply_fn, params, X, Y, X_val, lr=LR, steps=STEPS, weight_decay=0.01 * N, kernel="full",
+                  coords_per_layer=100, progress=False)  # (η/n, nλ) for every model: off by the n - 1 models
+    assert np.max(np.abs(naive.weight_change_sq - res.weight_change_sq)) > 1e-3 * np.max(res.weight_change_sq)
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        score(apply_fn, params, X, Y, lr=lr, steps=STEPS, loss="avg", progress=False)
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        score(apply_fn, params, X, Y, lr=lr, steps=STEPS, dtype="float16", progress=False)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_unstable_lr_warns_with_the_limit(discrete):
+    """Above 2/(λmax + λ) GD diverges: score warns, for gradient flow too, and names the limit."""
+    apply_fn, params, X, Y, _ = make_problem(1, seed=4)
+    phi = score(apply_fn, params, X, Y, lr=LR, steps=1, coords_per_layer=100, progress=False) \
+        .projection.features(X, progress=False).phi[:, 0]
+    limit = 2.0 / (np.linalg.eigvalsh(phi @ phi.T).max() + 0.1)
+    with pytest.warns(RuntimeWarning, match="GD stability limit 2/\\(λmax\\+λ\\) = ") as record:
+        score(apply_fn, params, X, Y, lr=1.05 * limit, steps=STEPS, weight_decay=0.1, discrete=discrete,
+              coords_per_layer=100, progress=False)
+    message = next(str(w.message) for w in record if "stability limit" in str(w.message))
+    stated = float(re.search(r"= (\S+) \(λmax=", message).group(1))
+    assert stated == pytest.approx(limit, rel=1e-5) and message.endswith(f"use lr < {stated:g}.")

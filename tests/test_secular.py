@@ -40,6 +40,7 @@ def test_downdate_matches_dense_eigh(name):
     s, Z = (jnp.asarray(a) for a in CASES[name])
     dd = jax.jit(secular.downdate)(s, Z)
     ref = secular.downdate_dense(s, Z)
+    assert bool(dd.converged) and 0 <= int(dd.iterations) < 2 * secular._MAX_ITERATIONS
     scale = max(float(jnp.max(jnp.abs(s))), float(jnp.sum(Z * Z)), 1e-300)
     np.testing.assert_allclose(np.sort(np.asarray(dd.roots)), np.asarray(ref.roots), rtol=0, atol=1e-13 * scale)
     # Q f(μ) Qᵀ x for a filter with the shape of gradient-flow dynamics, against the dense eigenvectors.
@@ -89,3 +90,13 @@ def test_vector_input_keeps_its_shape():
     out = secular.apply(dd, jnp.ones_like(dd.roots), x)
     assert out.shape == x.shape
     np.testing.assert_allclose(out, x, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["random k=1", "dual p>N k=3", "6 decades"])
+def test_iteration_cap_is_reported(name):
+    """A cap too small to converge is reported (converged False), never silent; the default converges."""
+    s, Z = (jnp.asarray(a) for a in CASES[name])
+    capped = jax.jit(secular.downdate, static_argnums=2)(s, Z, 1)
+    assert not bool(capped.converged) and int(capped.iterations) == 2
+    full = secular.downdate(s, Z)
+    assert bool(full.converged) and int(full.iterations) > 2  # these cases need more than two sweeps

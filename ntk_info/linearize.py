@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 __all__ = ["TrainedNetwork", "train_adam", "LINEARIZATIONS", "LinearizationPoint", "linearization_point",
-           "pretrain_other_classes", "ridge_by_loo"]
+           "pretrain_other_classes", "ridge_by_loo", "score_at"]
 
 LINEARIZATIONS = ("init", "trained", "trained-head", "pretrained")
 
@@ -236,3 +236,44 @@ def ridge_by_loo(features, residuals, grid) -> tuple[float, np.ndarray]:
                         progress=False)
     total = np.asarray(loo_loss(res).total)
     return float(grid[int(np.argmin(total))]), total
+
+
+def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, weight_decay="loo", lr: float = 1.0,
+             ridge_grid=None, discrete: bool = False, kernel: str = "auto", coords_per_layer: int = 2000,
+             seed: int = 0, method: str = "countsketch", progress: bool = False):
+    """``ntk_info.score`` of the network linearized at ``params`` (any point), features computed once.
+
+    Fine-tuning from w_p on the residuals Y - f(X; w_p) for ``steps`` (default t = ∞: the ridge fit
+    with decay λ toward w_p). ``weight_decay="loo"`` picks λ from ``ridge_grid`` (default: mean
+    kernel diagonal × 10^[-3..2], 6 values) by the exact LOO loss of the t = ∞ fit
+    (:func:`ridge_by_loo`, one factorization for the whole grid) and records the grid and the LOO
+    losses in the settings. Returns a ``ScoreResult`` (``ntk_info.scorer``).
+    """
+    import time as _time
+
+    from ntk_info.features import projected_features
+    from ntk_info.scorer import kernel_for, score_features, trace_features
+
+    start = _time.perf_counter()
+    feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed, method=method,
+                               progress=progress)
+    phi_val = None if X_val is None else feats.projection.features(X_val, progress=progress).phi
+    n, k = feats.outputs.shape
+    Y = np.asarray(Y, dtype=np.float64).reshape(n, k)
+    kernel_used = kernel_for(n, k, kernel)
+    extra = {}
+    if isinstance(weight_decay, str):
+        if weight_decay != "loo":
+            raise ValueError(f"weight_decay: expected a number >= 0 or 'loo' (pick λ by exact LOO), got {weight_decay!r}")
+        phi = trace_features(feats.phi) if kernel_used == "trace" else feats.phi
+        mean_diag = float(np.einsum("i...,i...->", phi, phi) / (n if kernel_used == "trace" else n * k))
+        grid = mean_diag * np.logspace(-3, 2, 6) if ridge_grid is None else np.asarray(ridge_grid, dtype=float)
+        weight_decay, losses = ridge_by_loo(phi, Y - feats.outputs, grid)
+        extra = {"weight_decay_rule": "exact LOO loss of the t = inf ridge fit, minimized over the grid",
+                 "weight_decay_grid": grid.tolist(), "weight_decay_grid_loo_loss": losses.tolist(),
+                 "kernel_mean_diagonal": mean_diag}
+    result = score_features(feats.phi, feats.outputs, Y, phi_val, lr=lr, steps=steps, weight_decay=weight_decay,
+                            discrete=discrete, kernel=kernel, progress=progress)
+    settings = {**feats.projection.settings(), **result.settings, **extra,
+                "seconds_total": _time.perf_counter() - start}
+    return dataclasses.replace(result, settings=settings, projection=feats.projection)

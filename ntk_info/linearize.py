@@ -266,7 +266,7 @@ def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, we
         if weight_decay != "loo":
             raise ValueError(f"weight_decay: expected a number >= 0 or 'loo' (pick λ by exact LOO), got {weight_decay!r}")
         phi = trace_features(feats.phi) if kernel_used == "trace" else feats.phi
-        mean_diag = float(np.einsum("i...,i...->", phi, phi) / (n if kernel_used == "trace" else n * k))
+        mean_diag = float(np.sum(np.square(phi)) / (n if kernel_used == "trace" else n * k))
         grid = mean_diag * np.logspace(-3, 2, 6) if ridge_grid is None else np.asarray(ridge_grid, dtype=float)
         weight_decay, losses = ridge_by_loo(phi, Y - feats.outputs, grid)
         extra = {"weight_decay_rule": "exact LOO loss of the t = inf ridge fit, minimized over the grid",

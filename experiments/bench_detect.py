@@ -1,6 +1,6 @@
 """Mislabel and adversarial detection, every method side by side in one run (issue 10).
 
-    python experiments/bench_detect.py --quick          # 1 seed, digits + tabular-hard, + FGSM table
+    python experiments/bench_detect.py --quick          # 1 seed, 600 samples, digits + tabular-hard, + FGSM
     python experiments/bench_detect.py                  # 3 seeds, 4 data sets, + memorized run, + FGSM
 
 Data (all generated from the seed, nothing downloaded):
@@ -51,8 +51,20 @@ from ntk_info.training import targets  # noqa: E402
 
 # ----------------------------------------------------------------------------- data
 
-def load(name, seed):
-    """(X, y, X_val, y_val, X_test, y_test, C): training, validation (early stopping, F-SI) and test splits."""
+def load(name, seed, n_train=None):
+    """(X, y, X_val, y_val, X_test, y_test, C): training, validation (early stopping, F-SI) and test splits;
+    ``n_train``: a stratified subsample of the training split (held-out splits unchanged)."""
+    from sklearn.model_selection import train_test_split
+
+    X, y, X_val, y_val, X_test, y_test, C = _load(name, seed)
+    if n_train is not None and n_train < len(y):
+        keep, _ = train_test_split(np.arange(len(y)), train_size=n_train, random_state=seed, stratify=y)
+        keep = np.sort(keep)
+        X, y = X[keep], y[keep]
+    return X, y, X_val, y_val, X_test, y_test, C
+
+
+def _load(name, seed):
     from sklearn.model_selection import train_test_split
 
     if name == "tabular-hard":
@@ -175,10 +187,10 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
     return scores, seconds, info
 
 
-def adversarial(seed, eps_list, fraction=0.1):
+def adversarial(seed, eps_list, fraction=0.1, n_train=None):
     """FGSM on digits against the Adam-trained network; detectors on the attacked training set."""
     rows = []
-    X, y, X_val, y_val, X_test, y_test, C = load("digits", seed)
+    X, y, X_val, y_val, X_test, y_test, C = load("digits", seed, n_train)
     model = mlp(C, width=256)
     params0 = init_params(model, X.shape[1:], seed=seed)
     net = train_adam(model.apply_fn, params0, X, targets(y, C), X_val, targets(y_val, C), seed=seed)
@@ -233,17 +245,19 @@ def main(argv=None):
     parser.add_argument("--datasets", help="comma-separated subset of digits,breast-cancer,tabular-hard,digits-corrupt")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 1 quick, 3 full)")
     parser.add_argument("--no-adversarial", action="store_true")
+    parser.add_argument("--n-train", type=int, help="training samples per data set (default: 600 quick, all full)")
     parser.add_argument("--out", default="results/bench_detect.csv")
     args = parser.parse_args(argv)
     datasets = (args.datasets.split(",") if args.datasets else
                 ["digits", "tabular-hard"] if args.quick else ["digits", "breast-cancer", "tabular-hard",
                                                                "digits-corrupt"])
     seeds = range(args.seeds or (1 if args.quick else 3))
+    n_train = args.n_train or (600 if args.quick else None)
     rows, infos = [], []
     start = time.perf_counter()
     for seed in seeds:
         for name in datasets:
-            X, y, X_val, y_val, X_test, y_test, C = load(name, seed)
+            X, y, X_val, y_val, X_test, y_test, C = load(name, seed, n_train)
             uniform, bad_u, _ = data_mod.add_label_noise(y, 0.1, C, seed=seed)
             cc, bad_c = class_conditional_noise(X, y, C, 0.1, seed)
             runs = [("10% uniform", uniform, bad_u, False), ("10% class-conditional", cc, bad_c, False)]
@@ -259,7 +273,7 @@ def main(argv=None):
                 print(f"[{time.perf_counter() - start:7.0f}s] {name} / {noise} / seed {seed}: {info} "
                       f"({time.perf_counter() - t:.0f}s)", flush=True)
         if not args.no_adversarial and (seed == 0 or not args.quick):
-            rows += adversarial(seed, (0.05, 0.1))
+            rows += adversarial(seed, (0.05, 0.1), n_train=n_train)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -154,3 +154,21 @@ def test_bad_arguments_name_themselves():
         linearization_point("pretrained", params0, X, model=model)
     with pytest.raises(ValueError, match="grid"):
         ridge_by_loo(np.ones((3, 2)), np.ones(3), [0.0, 1.0])
+
+
+def test_score_linearize_trained_is_score_at_the_adam_weights():
+    X, labels, X_val, labels_val = _problem()
+    model = mlp(3, width=8)
+    params0 = init_params(model, X.shape[1:], seed=0)
+    opts = dict(max_epochs=15, patience=None, batch_size=5, lr=1e-2, seed=2)
+    common = dict(lr=0.05, steps=math.inf, weight_decay=0.3, kernel="full", coords_per_layer=10_000, progress=False)
+    via_score = score(model.apply_fn, params0, X, labels, X_val, targets="onehot", linearize="trained",
+                      Y_val=labels_val, train_options=opts, **common)
+    w_star = train_adam(model.apply_fn, params0, X, targets(labels, 3), X_val, targets(labels_val, 3), **opts).params
+    direct = score(model.apply_fn, w_star, X, labels, X_val, targets="onehot", **common)
+    np.testing.assert_allclose(via_score.loo_residuals, direct.loo_residuals, rtol=1e-10, atol=1e-12)
+    assert via_score.settings["linearize"] == "trained" and direct.settings["linearize"] == "init"
+    with pytest.raises(ValueError, match="Y_val"):
+        score(model.apply_fn, params0, X, labels, X_val, targets="onehot", linearize="trained", **common)
+    with pytest.raises(ValueError, match="linearize"):
+        score(model.apply_fn, params0, X, labels, targets="onehot", linearize="after", **common)

@@ -73,3 +73,29 @@ def test_planted_noise_clean_then_summarize():
     wrong_before = np.mean(is_noisy[top_before])
     wrong_after = np.mean(is_noisy[kept][top_after])
     assert wrong_before >= 0.5 and wrong_after <= 0.25
+
+
+def test_cli_detect_linearize_trained_head_and_clean(tmp_path, capsys):
+    """`ntk-info detect --linearize trained-head --clean relabel`: the new columns, clean.csv, settings."""
+    import json
+
+    from ntk_info.cli import main
+    from ntk_info.report import read_csv
+
+    out = tmp_path / "d"
+    status = main(["detect", "--out", str(out), "--n-train", "60", "--width", "16", "--coords-per-layer", "200",
+                   "--no-progress", "--methods", "loo_residual,loo_margin,loo_prob", "--linearize", "trained-head",
+                   "--clean", "relabel"])
+    stdout, err = capsys.readouterr()
+    assert status == 0, err
+    scores = read_csv(out / "scores.csv")
+    assert {"loo_margin", "loo_prob_given", "suggested_label"} <= set(scores[0])
+    flagged = [r for r in scores if r["loo_margin"] < 0]
+    clean_rows = read_csv(out / "clean.csv")
+    assert sorted(r["index"] for r in clean_rows if r["flagged"] == 1) == sorted(r["index"] for r in flagged)
+    for r in clean_rows:  # relabelled to the LOO-suggested class
+        if r["flagged"] == 1:
+            assert str(r["new_label"]) == str(scores[r["index"]]["suggested_label"])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["linearize"] == "trained-head" and settings["clean"]["action"] == "relabel"
+    assert settings["linearize_weight_decay"] > 0 and "test accuracy" in stdout

@@ -44,8 +44,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert f"report: {os.path.abspath(out)}/report.html" in stdout
     assert "timing (s):" in err and "total" in err and "Traceback" not in err
     detection = read_csv(os.path.join(out, "detection.csv"))
-    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "influence", "mpe", "train_loss",
-                                                "cleanlab"}
+    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence",
+                                                "mpe", "train_loss", "cleanlab"}
     for r in detection:
         assert 0 <= r["auroc"] <= 1 and 0 <= r["ap"] <= 1
     scores = read_csv(os.path.join(out, "scores.csv"))

@@ -95,7 +95,7 @@ def test_cli_detect_linearize_trained_head_and_clean(tmp_path, capsys):
     assert sorted(r["index"] for r in clean_rows if r["flagged"] == 1) == sorted(r["index"] for r in flagged)
     for r in clean_rows:  # relabelled to the LOO-suggested class
         if r["flagged"] == 1:
-            assert str(r["new_label"]) == str(scores[r["index"]]["suggested_label"])
+            assert str(r["new_label"]) == str(scores[int(r["index"])]["suggested_label"])
     settings = json.loads((out / "settings.json").read_text())
     assert settings["linearize"] == "trained-head" and settings["clean"]["action"] == "relabel"
     assert settings["linearize_weight_decay"] > 0 and "test accuracy" in stdout

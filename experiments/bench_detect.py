@@ -200,9 +200,11 @@ def adversarial(seed, eps_list, fraction=0.1, n_train=None):
             print(f"FGSM eps={eps}: {int(adv.is_adversarial.sum())} successes, skipped", flush=True)
             continue
         scores, seconds, info = run_config("digits-fgsm", adv.X, y, y, X_val, y_val, X_test, y_test, C, seed)
-        for r in detect.detection_metrics(scores, adv.is_adversarial):
-            rows.append({"dataset": f"digits FGSM eps={eps}", "noise": f"adversarial ({int(adv.is_adversarial.sum())}, "
-                         f"success {adv.success_rate:.2f})", "seed": seed, **r, "seconds": seconds[r["method"]]})
+        new = [{"dataset": f"digits FGSM eps={eps}", "noise": f"adversarial ({int(adv.is_adversarial.sum())}, "
+                f"success {adv.success_rate:.2f})", "seed": seed, **r, "seconds": seconds[r["method"]]}
+               for r in detect.detection_metrics(scores, adv.is_adversarial)]
+        rows += new
+        print(summarize(new), flush=True)
         print(f"FGSM eps={eps}: {info}", flush=True)
     return rows
 
@@ -239,12 +241,22 @@ def summarize(rows):
     return "\n".join(lines)
 
 
+def write(path, rows):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, digits + tabular-hard, FGSM table")
     parser.add_argument("--datasets", help="comma-separated subset of digits,breast-cancer,tabular-hard,digits-corrupt")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 1 quick, 3 full)")
-    parser.add_argument("--no-adversarial", action="store_true")
+    parser.add_argument("--runs", default="uniform,class-conditional,memorized,adversarial",
+                        help="which runs (comma-separated): uniform, class-conditional, memorized (digits), adversarial "
+                             "(FGSM on digits); e.g. to split the work over processes")
     parser.add_argument("--n-train", type=int, help="training samples per data set (default: 600 quick, all full)")
     parser.add_argument("--out", default="results/bench_detect.csv")
     args = parser.parse_args(argv)
@@ -252,6 +264,7 @@ def main(argv=None):
                 ["digits", "tabular-hard"] if args.quick else ["digits", "breast-cancer", "tabular-hard",
                                                                "digits-corrupt"])
     seeds = range(args.seeds or (1 if args.quick else 3))
+    wanted = set(args.runs.split(","))
     n_train = args.n_train or (600 if args.quick else None)
     rows, infos = [], []
     start = time.perf_counter()
@@ -260,25 +273,27 @@ def main(argv=None):
             X, y, X_val, y_val, X_test, y_test, C = load(name, seed, n_train)
             uniform, bad_u, _ = data_mod.add_label_noise(y, 0.1, C, seed=seed)
             cc, bad_c = class_conditional_noise(X, y, C, 0.1, seed)
-            runs = [("10% uniform", uniform, bad_u, False), ("10% class-conditional", cc, bad_c, False)]
+            runs = [("uniform", "10% uniform", uniform, bad_u, False),
+                    ("class-conditional", "10% class-conditional", cc, bad_c, False)]
             if name == "digits" and (not args.quick or seed == 0):
-                runs.append(("10% uniform, memorized (Adam 400 epochs)", uniform, bad_u, True))
-            for noise, labels, is_bad, memorize in runs:
+                runs.append(("memorized", "10% uniform, memorized (Adam 400 epochs)", uniform, bad_u, True))
+            for kind, noise, labels, is_bad, memorize in runs:
+                if kind not in wanted:
+                    continue
                 t = time.perf_counter()
                 scores, seconds, info = run_config(name, X, y, labels, X_val, y_val, X_test, y_test, C, seed,
                                                    memorize=memorize)
-                for r in detect.detection_metrics(scores, is_bad):
-                    rows.append({"dataset": name, "noise": noise, "seed": seed, **r, "seconds": seconds[r["method"]]})
+                new = [{"dataset": name, "noise": noise, "seed": seed, **r, "seconds": seconds[r["method"]]}
+                       for r in detect.detection_metrics(scores, is_bad)]
+                rows += new
+                write(args.out, rows)
+                print(summarize(new), flush=True)
                 infos.append({"dataset": name, "noise": noise, "seed": seed, **info})
                 print(f"[{time.perf_counter() - start:7.0f}s] {name} / {noise} / seed {seed}: {info} "
                       f"({time.perf_counter() - t:.0f}s)", flush=True)
-        if not args.no_adversarial and (seed == 0 or not args.quick):
+        if "adversarial" in wanted and (seed == 0 or not args.quick):
             rows += adversarial(seed, (0.05, 0.1), n_train=n_train)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+            write(args.out, rows)
     print(summarize(rows))
     print("\nnetworks:")
     for info in infos:

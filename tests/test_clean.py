@@ -75,6 +75,7 @@ def test_planted_noise_clean_then_summarize():
     assert wrong_before >= 0.5 and wrong_after <= 0.25
 
 
+@pytest.mark.slow
 def test_cli_detect_linearize_trained_head_and_clean(tmp_path, capsys):
     """`ntk-info detect --linearize trained-head --clean relabel`: the new columns, clean.csv, settings."""
     import json

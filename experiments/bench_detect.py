@@ -276,7 +276,8 @@ def main(argv=None):
             runs = [("uniform", "10% uniform", uniform, bad_u, False),
                     ("class-conditional", "10% class-conditional", cc, bad_c, False)]
             if name == "digits" and (not args.quick or seed == 0):
-                runs.append(("memorized", "10% uniform, memorized (Adam lr 1e-2, 800 epochs, no early stopping)", uniform, bad_u, True))
+                runs.append(("memorized", "10% uniform, memorized (Adam lr 1e-2, 800 epochs, no early stopping)",
+                             uniform, bad_u, True))
             for kind, noise, labels, is_bad, memorize in runs:
                 if kind not in wanted:
                     continue

@@ -255,8 +255,8 @@ def main(argv=None):
     parser.add_argument("--datasets", help="comma-separated subset of digits,breast-cancer,tabular-hard,digits-corrupt")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 1 quick, 3 full)")
     parser.add_argument("--runs", default="uniform,class-conditional,memorized,adversarial",
-                        help="which runs (comma-separated): uniform, class-conditional, memorized (digits), adversarial "
-                             "(FGSM on digits); e.g. to split the work over processes")
+                        help="which runs (comma-separated): uniform, class-conditional, memorized (digits), "
+                             "adversarial (FGSM on digits); e.g. to split the work over processes")
     parser.add_argument("--n-train", type=int, help="training samples per data set (default: 600 quick, all full)")
     parser.add_argument("--out", default="results/bench_detect.csv")
     args = parser.parse_args(argv)

@@ -525,12 +525,12 @@ def _clean(run, loo):
                                      d.X_test, d.y_test, num_classes=d.num_classes,
                                      true_labels=d.true_labels if d.is_noisy is not None else None,
                                      train_options={"seed": pipe.config.seed})
-    run.output.write_csv("clean.csv", [{"index": int(i), "row": int(d.rows_train[i]), "label": d.label_text(d.labels)[i],
-                                        "flagged": 1, "action": cleaned.action,
-                                        "new_label": d.label_text(cleaned.labels)[i] if cleaned.keep[i] else ""}
-                                       for i in np.flatnonzero(cleaned.flagged)]
-                         or [{"index": "", "row": "", "label": "", "flagged": 0, "action": cleaned.action,
-                              "new_label": ""}])
+    label_text, new_text = d.label_text(d.labels), d.label_text(cleaned.labels)
+    rows = [{"index": int(i), "row": int(d.rows_train[i]), "label": label_text[i], "flagged": 1,
+             "action": cleaned.action, "new_label": new_text[i] if cleaned.keep[i] else ""}
+            for i in np.flatnonzero(cleaned.flagged)]
+    run.output.write_csv("clean.csv", rows or [{"index": "", "row": "", "label": "", "flagged": 0,
+                                                "action": cleaned.action, "new_label": ""}])
     print(f"clean ({cleaned.action}, {rule}): {summary['n_flagged']} flagged; test accuracy "
           f"{summary['accuracy_before']:.4f} -> {summary['accuracy_after']:.4f} (network retrained with Adam)")
     return summary

@@ -264,7 +264,8 @@ def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, we
     extra = {}
     if isinstance(weight_decay, str):
         if weight_decay != "loo":
-            raise ValueError(f"weight_decay: expected a number >= 0 or 'loo' (pick λ by exact LOO), got {weight_decay!r}")
+            raise ValueError(f"weight_decay: expected a number >= 0 or 'loo' (pick λ by exact LOO), got "
+                             f"{weight_decay!r}")
         phi = trace_features(feats.phi) if kernel_used == "trace" else feats.phi
         mean_diag = float(np.sum(np.square(phi)) / (n if kernel_used == "trace" else n * k))
         grid = mean_diag * np.logspace(-3, 2, 6) if ridge_grid is None else np.asarray(ridge_grid, dtype=float)

@@ -137,7 +137,8 @@ def loo_detection_scores(result, labels) -> dict:
     loo_outputs = np.eye(fitted.shape[1])[labels] - fitted
     temperature = scores.loo_temperature(loo_outputs, labels)
     probs = scores.loo_probabilities(loo_outputs, temperature=temperature)
-    return {"loo_margin": scores.loo_margin(loo_outputs, labels), "loo_prob_given": scores.loo_prob_given(probs, labels),
+    return {"loo_margin": scores.loo_margin(loo_outputs, labels),
+            "loo_prob_given": scores.loo_prob_given(probs, labels),
             "suggested_label": scores.suggested_label(loo_outputs),
             "confident_joint": scores.confident_joint_flags(probs, labels).astype(int),
             "loo_probabilities": probs, "loo_temperature": temperature}

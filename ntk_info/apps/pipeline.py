@@ -120,7 +120,8 @@ class PipelineConfig:
             raise ConfigError("kernel", f"expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
         _integer(self.seed, "seed", 0)
         if self.linearize not in PIPELINE_LINEARIZATIONS:
-            raise ConfigError("linearize", f"expected one of {', '.join(PIPELINE_LINEARIZATIONS)}, got {self.linearize!r}")
+            raise ConfigError("linearize", f"expected one of {', '.join(PIPELINE_LINEARIZATIONS)}, got "
+                                           f"{self.linearize!r}")
         if self.seed >= 2 ** 32:
             raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
         return self

@@ -753,8 +753,9 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                    help="where the network is linearized: init (replay --steps GD steps from the initialization, "
                         "the SI paper's; for summarization and comparison with retraining), trained (at weights "
                         "trained with Adam and early stopping on the validation half, t = inf, λ by exact LOO) or "
-                        "trained-head (the same body with a fresh last layer; best for finding mislabeled "
-                        "samples in experiments/bench_detect.py) (default: init)")
+                        "trained-head (the same body with a fresh last layer: for mislabeled samples, the only "
+                        "point still detecting them once the network memorizes its training set; "
+                        "experiments/bench_detect.py) (default: init)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +

@@ -62,9 +62,9 @@ manifest.json (the files this run wrote) in --out.
 
 PARTIAL = ".ntk-info-partial-"
 # files and folders a run may write (checked against the user's own files before any work)
-RESULT_NAMES = ("scores.csv", "split.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv",
+RESULT_NAMES = ("scores.csv", "split.csv", "detection.csv", "clean.csv", "summarize.csv", "sources.csv", "compare.csv",
                 "settings.json", "inputs.npz", "report.html", "figures", MANIFEST)
-DETECT_METHODS = ("fsi", "si", "loo_residual", "influence", "mpe", "train_loss", "cleanlab")
+DETECT_METHODS = ("fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence", "mpe", "train_loss", "cleanlab")
 
 
 class CLIError(Exception):
@@ -314,7 +314,7 @@ def _config(args):
         kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed, init=args.init,
         pretrain_classes=None if args.pretrain_classes is None else
         tuple(c.strip() for c in args.pretrain_classes.split(",") if c.strip()),
-        pretrain_steps=args.pretrain_steps)
+        pretrain_steps=args.pretrain_steps, linearize=args.linearize)
     try:
         return config.validate()
     except ConfigError as err:
@@ -451,6 +451,11 @@ def _detection_scores(run, result, methods):
 
     pipe = run.pipe
     out = base_scores(result, [m for m in methods if m in ("fsi", "si", "loo_residual")])
+    loo = detect.loo_detection_scores(result, run.data.labels)
+    if "loo_margin" in methods:
+        out["loo_margin"] = -loo["loo_margin"]
+    if "loo_prob" in methods:
+        out["loo_prob"] = -loo["loo_prob_given"]
     params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
         out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)
@@ -499,13 +504,44 @@ def _detect(run, methods):
     rows = detect.detection_metrics(scores, is_bad)
     for r in rows:
         r["bad"] = bad_name
-    extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual")}
+    extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob")}
+    loo = detect.loo_detection_scores(result, run.data.labels)  # the whole LOO prediction, always in scores.csv
+    extra.update(loo_margin=loo["loo_margin"], loo_prob_given=loo["loo_prob_given"],
+                 suggested_label=run.data.label_text(loo["suggested_label"]))
+    extra_settings["loo_temperature"] = loo["loo_temperature"]
+    if run.args.clean != "none":
+        extra_settings["clean"] = _clean(run, loo)
     if bad_name == "is_adversarial":
         extra["is_adversarial"] = is_bad.astype(int)
     run.write_common(result, extra)
     run.output.write_csv("detection.csv", rows)
     print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
     return result, extra_settings
+
+
+def _clean(run, loo):
+    """--clean: flag LOO margin < 0, remove or relabel, retrain before/after -> clean.csv; returns the summary."""
+    import numpy as np
+
+    from ntk_info.apps.clean import clean, clean_and_evaluate, flag
+
+    pipe, d = run.pipe, run.data
+    flagged, rule = flag(loo["loo_margin"])
+    cleaned = clean(d.labels, flagged, action=run.args.clean, suggested=loo["suggested_label"], rule=rule)
+    with run.stages(f"clean ({run.args.clean}) and retrain"):
+        summary = clean_and_evaluate(pipe.model.apply_fn, pipe.params0, pipe.X, d.labels, cleaned, d.X_val, d.y_val,
+                                     d.X_test, d.y_test, num_classes=d.num_classes,
+                                     true_labels=d.true_labels if d.is_noisy is not None else None,
+                                     train_options={"seed": pipe.config.seed})
+    label_text, new_text = d.label_text(d.labels), d.label_text(cleaned.labels)
+    rows = [{"index": int(i), "row": int(d.rows_train[i]), "label": label_text[i], "flagged": 1,
+             "action": cleaned.action, "new_label": new_text[i] if cleaned.keep[i] else ""}
+            for i in np.flatnonzero(cleaned.flagged)]
+    run.output.write_csv("clean.csv", rows or [{"index": "", "row": "", "label": "", "flagged": 0,
+                                                "action": cleaned.action, "new_label": ""}])
+    print(f"clean ({cleaned.action}, {rule}): {summary['n_flagged']} flagged; test accuracy "
+          f"{summary['accuracy_before']:.4f} -> {summary['accuracy_after']:.4f} (network retrained with Adam)")
+    return summary
 
 
 def _format_table(rows, keys):
@@ -748,6 +784,13 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                    help="full: the (n·k)x(n·k) NTK; trace: the output-averaged n x n kernel shared by the k "
                         "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
                         "settings.json records which was used)")
+    g.add_argument("--linearize", default="init", choices=("init", "trained", "trained-head"),
+                   help="where the network is linearized: init (replay --steps GD steps from the initialization, "
+                        "the SI paper's; for summarization and comparison with retraining), trained (at weights "
+                        "trained with Adam and early stopping on the validation half, t = inf, λ by exact LOO) or "
+                        "trained-head (the same body with a fresh last layer: for mislabeled samples, the only "
+                        "point still detecting them once the network memorizes its training set; "
+                        "experiments/bench_detect.py) (default: init)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("where to linearize (w0; default: the random init)")
     g.add_argument("--init", help="start from these parameters: a .npz (ntk_info.save_params), Flax .msgpack or "
@@ -780,6 +823,10 @@ def _detect_options(parser):
     g = parser.add_argument_group("detection")
     g.add_argument("--methods", default=",".join(DETECT_METHODS), help=f"detectors (default: all: "
                    f"{','.join(DETECT_METHODS)})")
+    g.add_argument("--clean", default="none", choices=("none", "remove", "relabel"),
+                   help="after detection: remove the samples whose LOO margin is negative (the network trained "
+                        "without them predicts another class) or relabel them to that class, retrain, and report "
+                        "test accuracy before/after -> clean.csv (default: none)")
     g.add_argument("--adversarial", type=float, default=0.0,
                    help="instead of label noise: replace this fraction by successful FGSM examples")
     g.add_argument("--eps", type=float, default=0.01, help="FGSM step ε as a fraction of the data's range "
@@ -801,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "loss, cleanlab), summarization with retraining, and report.html.")
     _common(p, n_train=1000, noise=0.1, width=256, steps=1000, out="results/demo")
     _summarize_options(p)
-    p.set_defaults(func=_demo_cmd, methods=",".join(DETECT_METHODS), adversarial=0.0, eps=0.01, iterative=True)
+    p.set_defaults(func=_demo_cmd, methods=",".join(DETECT_METHODS), adversarial=0.0, eps=0.01, iterative=True,
+                   clean="none")
 
     p = sub.add_parser("score", help="F-SI, SI and exact LOO residual of every training sample -> scores.csv",
                        formatter_class=formatter)

@@ -137,7 +137,7 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
           sigma=1.0, sgd_batch_size=None, targets=None, progress=True, loss="sum",
-          dtype="float64") -> ScoreResult:
+          dtype="float64", linearize="init", Y_val=None, train_options=None) -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
@@ -161,6 +161,12 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "trace"  output-averaged kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩ (neural-tangents
                  trace_axes=(-1,)), shared by k independent outputs: features (n, k·p)/√k.
         "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
+
+    ``linearize``: "init" (default) linearizes at ``params``; "trained" first trains the network from
+    ``params`` with Adam and early stopping on (X_val, ``Y_val``) (``ntk_info.linearize.train_adam``,
+    ``train_options``) and linearizes at those weights, so that (lr, steps, weight_decay) describe
+    fine-tuning from w* on Y - f(X; w*) (e.g. steps=inf with weight_decay > 0: the ridge limit).
+    Other points (fresh head, pretrained body, λ by LOO): ``ntk_info.linearize``.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -183,6 +189,18 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES} (float64 is the default; float32 an explicit opt-in), "
                          f"got {dtype!r}")
+    linearize_settings = {"linearize": linearize}
+    if linearize == "trained":
+        from .linearize import linearization_point
+
+        if X_val is None or Y_val is None:
+            raise ValueError("linearize='trained': pass X_val and Y_val (the validation split for early stopping)")
+        point = linearization_point("trained", params, X, Y, X_val, _targets(Y_val, len(X_val), k, targets),
+                                    apply_fn=apply_fn, train_options=train_options)
+        params, linearize_settings = point.params, point.settings
+    elif linearize != "init":
+        raise ValueError(f"linearize: expected 'init' or 'trained' (more points in ntk_info.linearize), got "
+                         f"{linearize!r}")
 
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
@@ -196,7 +214,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
                             sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress, loss=loss, dtype=dtype)
     settings = {
         **feats.projection.settings(), "feature_batch_size": feats.batch_size, **result.settings,
-        "targets": targets or "float", "seconds_features": t_features - t_start,
+        **linearize_settings, "targets": targets or "float", "seconds_features": t_features - t_start,
         "seconds_val_features": t_val - t_features, "seconds_total": time.perf_counter() - t_start,
     }
     return dataclasses.replace(result, settings=settings, projection=feats.projection)

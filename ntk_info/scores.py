@@ -149,3 +149,107 @@ def si_lyapunov(result, *, batch_size, lr=None, gradient_covariance=None, rcond=
         proj = d.reshape(n, r_dim * q) @ vec
         out[index] = 0.5 * np.sum(inv * proj ** 2, axis=1)
     return out
+
+
+# ----------------------------------------------------------------------------- detection scores from LOO predictions
+
+__all__ += ["loo_margin", "suggested_label", "loo_temperature", "loo_probabilities", "loo_prob_given",
+            "class_thresholds", "confident_joint_flags"]
+
+
+def _loo_inputs(loo_outputs, labels):
+    out = np.asarray(loo_outputs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if out.ndim != 2 or out.shape[1] < 2:
+        raise ValueError(f"loo_outputs: expected LOO predictions f_{{-i}}(x_i) of shape (n, k) with k >= 2 classes, "
+                         f"got shape {out.shape}; from a ScoreResult use Y - result.loo_residuals")
+    if labels.shape != (out.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels: expected {out.shape[0]} integer class labels, got shape {labels.shape} and dtype "
+                         f"{labels.dtype}")
+    if labels.min() < 0 or labels.max() >= out.shape[1]:
+        raise ValueError(f"labels: expected values in [0, {out.shape[1]}), got [{labels.min()}, {labels.max()}]")
+    if not np.isfinite(out).all():
+        raise ValueError("loo_outputs: contains NaN or inf")
+    return out, labels
+
+
+def loo_margin(loo_outputs, labels) -> np.ndarray:
+    """m_i = f_{-i}(x_i)[y_i] - max_{c≠y_i} f_{-i}(x_i)[c]: the left-out model's margin for the given label.
+
+    ``loo_outputs`` (n, k) = Y - loo_residuals (``ScoreResult``); negative: the model trained without
+    sample i prefers another class. As a mislabel detector use -m_i (higher = more suspicious).
+    """
+    out, labels = _loo_inputs(loo_outputs, labels)
+    rows = np.arange(out.shape[0])
+    other = out.copy()
+    other[rows, labels] = -np.inf
+    return out[rows, labels] - other.max(axis=1)
+
+
+def suggested_label(loo_outputs) -> np.ndarray:
+    """argmax_c f_{-i}(x_i)[c]: the class the model trained without sample i predicts (a suggested relabel)."""
+    out = np.asarray(loo_outputs, dtype=np.float64)
+    if out.ndim != 2:
+        raise ValueError(f"loo_outputs: expected shape (n, k), got {out.shape}")
+    return np.argmax(out, axis=1)
+
+
+def loo_temperature(loo_outputs, labels) -> float:
+    """T minimizing the LOO negative log-likelihood -Σ_i log softmax(f_{-i}(x_i)/T)[y_i] (1-D, on log T).
+
+    Outputs of a squared-loss model are not logits; this one scale makes softmax(f/T) a calibrated
+    probability under the (noisy) given labels, as temperature scaling does (Guo et al. 2017), but on
+    left-out predictions, so it needs no held-out set.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    out, labels = _loo_inputs(loo_outputs, labels)
+    rows = np.arange(out.shape[0])
+    scale = max(float(np.std(out)), 1e-12)
+
+    def nll(log_t):
+        return -np.mean(log_softmax(out / (scale * np.exp(log_t)), axis=1)[rows, labels])
+
+    best = minimize_scalar(nll, bounds=(-12.0, 6.0), method="bounded", options={"xatol": 1e-6})
+    return float(scale * np.exp(best.x))
+
+
+def loo_probabilities(loo_outputs, labels=None, temperature=None) -> np.ndarray:
+    """softmax(f_{-i}(x_i)/T) per sample, (n, k); T = ``temperature`` or ``loo_temperature(loo_outputs, labels)``."""
+    from scipy.special import softmax
+
+    out = np.asarray(loo_outputs, dtype=np.float64)
+    if temperature is None:
+        if labels is None:
+            raise ValueError("labels: needed to fit the temperature; pass labels= or temperature=")
+        temperature = loo_temperature(out, labels)
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite T > 0, got {temperature!r}")
+    return softmax(out / temperature, axis=1)
+
+
+def loo_prob_given(probabilities, labels) -> np.ndarray:
+    """p_i = P_{-i}(y_i | x_i): the left-out probability of the given label (low = suspicious)."""
+    probs, labels = _loo_inputs(probabilities, labels)
+    return probs[np.arange(probs.shape[0]), labels]
+
+
+def class_thresholds(probabilities, labels) -> np.ndarray:
+    """Confident-learning thresholds t_c = mean of P(c | x_i) over the samples labeled c (Northcutt et al.
+    2021, eq. 2), (k,). A class without samples gets t_c = 1."""
+    probs, labels = _loo_inputs(probabilities, labels)
+    k = probs.shape[1]
+    counts = np.bincount(labels, minlength=k)
+    sums = np.bincount(labels, weights=probs[np.arange(probs.shape[0]), labels], minlength=k)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+
+
+def confident_joint_flags(probabilities, labels) -> np.ndarray:
+    """Confident-learning flag per sample: some class c ≠ y_i has P(c | x_i) ≥ t_c, and the most
+    probable such class is not y_i (off-diagonal of the confident joint; Northcutt et al. 2021, §3.1)."""
+    probs, labels = _loo_inputs(probabilities, labels)
+    above = probs >= class_thresholds(probs, labels)[None, :]
+    masked = np.where(above, probs, -np.inf)
+    best = np.argmax(masked, axis=1)
+    return above.any(axis=1) & (best != labels)

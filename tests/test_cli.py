@@ -51,8 +51,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert f"report: {os.path.abspath(out)}/report.html" in stdout
     assert "timing (s):" in err and "total" in err and "Traceback" not in err
     detection = read_csv(os.path.join(out, "detection.csv"))
-    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "influence", "mpe", "train_loss",
-                                                "cleanlab"}
+    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence",
+                                                "mpe", "train_loss", "cleanlab"}
     scores = read_csv(os.path.join(out, "scores.csv"))
     assert len(scores) == 60 and sum(r["is_noisy"] for r in scores) == 6
     is_noisy = np.array([r["is_noisy"] for r in scores])

@@ -123,7 +123,7 @@ def test_unstable_lr_is_refused_unless_allowed():
     ("steps", 0, "expected an integer >= 1, got 0"), ("lr", 0.0, r"expected a finite number in \(0, inf\)"),
     ("width", 0, ">= 1"), ("coords_per_layer", 0, ">= 1"), ("seed", -1, ">= 0"), ("noise", 1.0, r"\[0, 1\)"),
     ("val_fraction", 1.0, r"\(0, 1\)"), ("classes", ("4",), "two distinct"), ("kernel", "diag", "one of"),
-    ("projection", "svd", "one of"), ("data", "", "dataset name"),
+    ("projection", "svd", "one of"), ("data", "", "dataset name"), ("linearize", "after", "one of"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-__all__ = ["detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe"]
+__all__ = ["detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe",
+           "loo_detection_scores"]
 
 
 def found_fraction(scores, is_bad, inspect: float) -> float:
@@ -115,3 +116,29 @@ def cleanlab_scores(X, labels, *, num_classes: int, hidden: int = 256, folds: in
     if probs.shape[1] != num_classes:
         raise ValueError(f"labels: every fold must see all {num_classes} classes, got {probs.shape[1]}")
     return 1.0 - get_label_quality_scores(labels, probs)
+
+
+def loo_detection_scores(result, labels) -> dict:
+    """Detection scores from the whole LOO prediction f_{-i}(x_i) = y_i - loo_residual_i of a ``ScoreResult``.
+
+    Returns (n,) arrays: ``loo_margin`` (the left-out margin of the given label, ``ntk_info.scores.loo_margin``;
+    low = suspicious), ``loo_prob_given`` (softmax(f_{-i}(x_i)/T)[y_i] with T fitted by LOO likelihood,
+    ``loo_probabilities``), ``suggested_label`` (argmax_c f_{-i}(x_i)[c]), ``confident_joint`` (1 where the
+    confident-learning per-class thresholds flag the sample) and, as floats, ``loo_temperature``. The
+    targets must be one-hot rows (``targets="onehot"`` or ``ntk_info.training.targets``).
+    """
+    from ntk_info import scores
+
+    labels = np.asarray(labels)
+    fitted = np.asarray(result.loo_residuals)
+    if fitted.ndim != 2 or fitted.shape[0] != labels.shape[0]:
+        raise ValueError(f"result: expected loo_residuals of shape ({labels.shape[0]}, k) for {labels.shape[0]} "
+                         f"labels, got {fitted.shape}")
+    loo_outputs = np.eye(fitted.shape[1])[labels] - fitted
+    temperature = scores.loo_temperature(loo_outputs, labels)
+    probs = scores.loo_probabilities(loo_outputs, temperature=temperature)
+    return {"loo_margin": scores.loo_margin(loo_outputs, labels),
+            "loo_prob_given": scores.loo_prob_given(probs, labels),
+            "suggested_label": scores.suggested_label(loo_outputs),
+            "confident_joint": scores.confident_joint_flags(probs, labels).astype(int),
+            "loo_probabilities": probs, "loo_temperature": temperature}

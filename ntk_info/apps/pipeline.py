@@ -29,9 +29,13 @@ import numpy as np
 
 __all__ = ["PipelineConfig", "ConfigError", "UnstableLearningRate", "DegenerateData", "PipelineData", "Pipeline",
            "load_data", "choose_lr", "check_lr_stability", "influence_damping", "loo_residual_norms", "base_scores",
-           "split_rows", "check_model_input", "IMAGE_MODELS"]
+           "split_rows", "check_model_input", "IMAGE_MODELS", "PIPELINE_LINEARIZATIONS"]
 
 IMAGE_MODELS = ("cnn", "resnet")
+# where the scores linearize (ntk_info.linearize): "init" replays GD from the initialization (the SI paper's
+# setting, for summarization); "trained" / "trained-head" linearize at Adam-trained weights (with the last
+# layer re-initialized for "trained-head"), t = ∞ with λ chosen by exact LOO (for detection)
+PIPELINE_LINEARIZATIONS = ("init", "trained", "trained-head")
 
 
 class ConfigError(ValueError):
@@ -96,6 +100,7 @@ class PipelineConfig:
     init: str | None = None
     pretrain_classes: tuple | None = None
     pretrain_steps: int = 1000
+    linearize: str = "init"
 
     def validate(self) -> "PipelineConfig":
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
@@ -125,6 +130,9 @@ class PipelineConfig:
         if self.kernel not in KERNELS:
             raise ConfigError("kernel", f"expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
         _integer(self.seed, "seed", 0)
+        if self.linearize not in PIPELINE_LINEARIZATIONS:
+            raise ConfigError("linearize", f"expected one of {', '.join(PIPELINE_LINEARIZATIONS)}, got "
+                                           f"{self.linearize!r}")
         if self.seed >= 2 ** 32:
             raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
         if self.init is not None and not os.path.exists(self.init):
@@ -429,10 +437,33 @@ class Pipeline:
         import ntk_info
 
         c = self.config
+        if c.linearize != "init":
+            return self._score_linearized()
         with self.stage("scores (F-SI, SI, LOO)"):
             return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
                                   coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
                                   progress=self.progress, **self._score_options())
+
+    def _score_linearized(self):
+        """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or
+        "trained-head"; early stopping on the validation half), t = ∞ with λ by exact LOO
+        (``ntk_info.linearize.score_at``); the point's settings are kept in ``linearize_settings``."""
+        from ntk_info.linearize import linearization_point, score_at
+        from ntk_info.training import targets
+
+        c = self.config
+        with self.stage(f"train network (Adam, early stopping) for linearize={c.linearize}"):
+            point = linearization_point(c.linearize, self.params0, self.X, self.Y, self.data.X_val,
+                                        targets(self.data.y_val, self.data.num_classes), model=self.model,
+                                        train_options={"seed": c.seed}, head_seed=c.seed + 1)
+        with self.stage("scores (F-SI, SI, LOO)"):
+            result = score_at(self.model.apply_fn, point.params, self.X, self.Y, self.data.X_val,
+                              coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
+                              kernel=self.kernel, progress=self.progress)
+        self.linearize_settings = {**point.settings, "linearize_steps": "inf",
+                                   "linearize_weight_decay": result.settings["weight_decay"],
+                                   "linearize_weight_decay_rule": result.settings.get("weight_decay_rule")}
+        return result
 
     def rescorer(self, by: str):
         """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
@@ -479,4 +510,5 @@ class Pipeline:
                 "kernel_meaning": {"full": "full NTK, (n*k) x (n*k)",
                                    "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
                                    }[self.kernel],
-                "seed": c.seed, **self.start, "warnings": list(self.warnings)}
+                "seed": c.seed, **self.start, "warnings": list(self.warnings), "linearize": c.linearize,
+                **getattr(self, "linearize_settings", {})}

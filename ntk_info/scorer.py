@@ -134,7 +134,8 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
-          sigma=1.0, sgd_batch_size=None, targets=None, progress=True) -> ScoreResult:
+          sigma=1.0, sgd_batch_size=None, targets=None, linearize="init", segments=None, spacing="uniform",
+          progress=True) -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
@@ -153,6 +154,12 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "trace"  output-averaged kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩ (neural-tangents
                  trace_axes=(-1,)), shared by k independent outputs: features (n, k·p)/√k.
         "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
+
+    ``linearize``: "init" (default) linearizes at w0 = ``params``; "segments" trains the real network
+    (full-batch GD, needs ``discrete=True`` and finite ``steps``), linearizes at ``segments`` = S
+    checkpoints (``spacing`` "uniform", "early" or explicit steps) with the same projection, and
+    carries the exact LOO perturbation through them (``ntk_info.segments``); S = 1 is "init".
+    Settings then also hold the checkpoints' kernel drift and stability margins.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -168,13 +175,19 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     sgd_batch_size = n if sgd_batch_size is None else int(_check_scalar(sgd_batch_size, "sgd_batch_size", strict=True))
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    if linearize not in ("init", "segments"):
+        raise ValueError(f"linearize: expected 'init' or 'segments', got {linearize!r}")
+    if linearize == "segments" and (not discrete or math.isinf(steps) or steps != round(steps) or segments is None):
+        raise ValueError(f"linearize='segments' trains the real network by full-batch GD: expected discrete=True, "
+                         f"a finite integer steps and segments=S ≥ 1, got discrete={discrete}, steps={steps}, "
+                         f"segments={segments!r}")
     kernel_used = kernel if kernel != "auto" else ("trace" if k > 1 and n * k > TRACE_ROWS_THRESHOLD else "full")
 
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
     t_features = time.perf_counter()
     feats_val = None
-    if X_val is not None:
+    if X_val is not None and linearize == "init":  # segments read out at their last checkpoint
         feats_val = feats.projection.features(X_val, batch_size=batch_size, progress=progress)
     t_val = time.perf_counter()
 
@@ -183,8 +196,17 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     if kernel_used == "trace":  # ⟨Φ̃_i, Φ̃_j⟩ = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩
         phi = phi.reshape(n, -1) / math.sqrt(k)
         phi_val = None if phi_val is None else phi_val.reshape(phi_val.shape[0], -1) / math.sqrt(k)
-    loo = leave_one_out(features=phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=discrete, cross_features=phi_val, mode=mode, progress=progress)
+    segment_settings = {}
+    if linearize == "segments":
+        from .segments import segmented_network_loo
+
+        loo, segment_settings = segmented_network_loo(
+            apply_fn, params, X, Y, projection=feats.projection, lr=lr, steps=int(steps), weight_decay=weight_decay,
+            segments=segments, spacing=spacing, X_val=X_val, kernel=kernel_used, batch_size=batch_size,
+            first_features=feats, progress=progress)
+    else:
+        loo = leave_one_out(features=phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
+                            discrete=discrete, cross_features=phi_val, mode=mode, progress=progress)
     t_loo = time.perf_counter()
 
     self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
@@ -199,6 +221,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "basis": loo.basis, "rank": int(loo.rank), "n": n, "k": k, "n_val": int(loo.n_val),
         "seconds_features": t_features - t_start, "seconds_val_features": t_val - t_features,
         "seconds_loo": t_loo - t_val, "seconds_total": time.perf_counter() - t_start,
+        "linearize": linearize, **segment_settings,
     }
     return ScoreResult(
         si=np.asarray(_scores.si_isotropic(loo, sigma)),

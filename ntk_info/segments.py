@@ -27,9 +27,9 @@ A_i = diag(s) - Z_i Z_iᵀ, φ(μ) = g(μ + λ)):
     (I - UUᵀ)δ_{s+1} = ψ(λ) (I - UUᵀ) δ_s        (M_{-i} = λ off the data span of segment s).
 
 δ lives in the p sketched coordinates (the spans of different segments differ), so it is carried
-as a (p, q) vector per sample; per segment and sample φ(A_i) and ψ(A_i + λ) are applied with
-verified partial fractions (``ntk_info.rational``, each resolvent a k×k Woodbury solve), with the
-exact secular downdate where no fit verifies, or by the t_s GD steps themselves for short segments.
+as a (p, q) vector per sample; per segment and sample φ(A_i) and ψ(A_i + λ) = I - φ(A_i)(A_i + λ) are
+applied with verified partial fractions of φ (``ntk_info.rational``, each resolvent a k×k Woodbury
+solve), with the exact secular downdate where no fit verifies, or by the t_s GD steps themselves for short segments.
 S = 1 is ``leave_one_out``; a linear model (all Φ_s equal, exact residuals) gives the same for any
 S (GD is a semigroup); S = t is exact unrolled GD of the model linearized at every step, i.e.
 unrolled differentiation with the Gauss-Newton Jacobian products (cf. Bae et al. 2024, "Training
@@ -173,43 +173,44 @@ def _fit(h, s_max, resolution):
             jnp.asarray(fit.residues, jnp.complex128))
 
 
-def _fits(s_max, lr, t, lam, discrete):
-    """Verified partial fractions of φ(μ) = g(μ + λ) and ψ(μ + λ) on [0, s_max], or None."""
-    resolution = 1.0 / (lr * t * s_max)
-    phi = _fit(lambda mu: np.asarray(filter_values(jnp.asarray(mu + lam), lr=lr, steps=t, discrete=discrete)),
-               s_max, resolution)
-    psi = _fit(lambda mu: np.asarray(transition_values(jnp.asarray(mu + lam), lr=lr, steps=t, discrete=discrete)),
-               s_max, resolution)
-    return None if phi is None or psi is None else (phi, psi)
+def _fit_phi(s_max, lr, t, lam, discrete):
+    """Verified partial fractions (c0, poles, residues) of φ(μ) = g(μ + λ) on [0, s_max], or None."""
+    fit = rational.fit_filter(
+        lambda mu: np.asarray(filter_values(jnp.asarray(mu + lam), lr=lr, steps=t, discrete=discrete)),
+        s_max, resolution=1.0 / (lr * t * s_max))
+    if fit is None:
+        return None
+    return (jnp.asarray(np.real(fit.constant)), jnp.asarray(fit.poles, jnp.complex128),
+            jnp.asarray(fit.residues, jnp.complex128))
 
 
 @functools.partial(jax.jit, static_argnames=("propagate",))
-def _rational_chunk(Z, Ri, x, s, c, phi_fit, psi_fit, *, propagate):
+def _rational_chunk(Z, Ri, x, s, c, lam, fit, *, propagate):
     """New U-coordinates φ(s)∘c - φ(A)(c - Z r_i) + ψ(A + λ) x for a chunk of samples (b, r, q).
 
-    The first two terms as in ``leave_one_out`` (cancellation-free: c0 Z r_i + Σ_j a_j F_j⁻¹ Z N_j⁻¹
-    (r_i - Zᵀ F_j⁻¹ c), F_j = diag(s) - p_j, N_j = I - Zᵀ F_j⁻¹ Z); ψ(A + λ) x = e0 x + Σ_j b_j
-    (A - q_j)⁻¹ x with (A - q)⁻¹ x = G⁻¹ x + G⁻¹ Z (I - Zᵀ G⁻¹ Z)⁻¹ Zᵀ G⁻¹ x, G = diag(s) - q.
+    φ(A) y = c0 y + Σ_j a_j (A - p_j)⁻¹ y, (A - p)⁻¹ = F⁻¹ + F⁻¹ Z N⁻¹ Zᵀ F⁻¹ (Woodbury; F = diag(s) - p,
+    N = I - Zᵀ F⁻¹ Z). The first two terms as in ``leave_one_out``, cancellation-free:
+    c0 Z r_i + Σ_j a_j F_j⁻¹ Z N_j⁻¹ (r_i - Zᵀ F_j⁻¹ c). The transition through the same poles,
+    ψ(A + λ) x = x - φ(A) (A + λ) x (ψ = 1 - u g(u)): error ≤ fit error · (s_max + λ) ||x||, i.e.
+    ~1e-12 · η t_s s_max relative to ||x||.
     """
-    c0, poles, residues = phi_fit
+    c0, poles, residues = fit
     Finv = 1.0 / (s[None, :] - poles[:, None])  # (P, r)
     Zc = Z.astype(Finv.dtype)
     ZF = jnp.einsum("bla,pl->bpla", Zc, Finv)
-    eye = jnp.eye(Z.shape[-1], dtype=Finv.dtype)
-    N = eye - jnp.einsum("bpla,blc->bpac", ZF, Zc)
+    N = jnp.eye(Z.shape[-1], dtype=Finv.dtype) - jnp.einsum("bpla,blc->bpac", ZF, Zc)
     rhs = Ri[:, None].astype(Finv.dtype) - jnp.einsum("bpla,lq->bpaq", ZF, c.astype(Finv.dtype))
-    beta = jnp.linalg.solve(N, rhs)
-    d = jnp.einsum("p,bpla,bpaq->blq", residues, ZF, beta).real + c0 * jnp.einsum("bla,baq->blq", Z, Ri)
     if not propagate:
-        return d
-    e0, qpoles, qres = psi_fit
-    Ginv = 1.0 / (s[None, :] - qpoles[:, None])  # (Q, r)
-    ZG = jnp.einsum("bla,ql->bqla", Zc, Ginv)
-    N2 = eye - jnp.einsum("bqla,blc->bqac", ZG, Zc)
-    xc = x.astype(Ginv.dtype)
-    inner = jnp.linalg.solve(N2, jnp.einsum("bqla,blm->bqam", ZG, xc))  # (I - ZᵀG⁻¹Z)⁻¹ ZᵀG⁻¹ x
-    resolvent = jnp.einsum("ql,blm->bqlm", Ginv, xc) + jnp.einsum("bqla,bqam->bqlm", ZG, inner)
-    return d + e0 * x + jnp.einsum("q,bqlm->blm", qres, resolvent).real
+        beta = jnp.linalg.solve(N, rhs)
+        return jnp.einsum("p,bpla,bpaq->blq", residues, ZF, beta).real + c0 * jnp.einsum("bla,baq->blq", Z, Ri)
+    q = c.shape[1]
+    y = (s + lam)[None, :, None] * x - jnp.einsum("bla,bam->blm", Z, jnp.einsum("bla,blm->bam", Z, x))
+    yc = y.astype(Finv.dtype)
+    beta = jnp.linalg.solve(N, jnp.concatenate([rhs, jnp.einsum("bpla,blm->bpam", ZF, yc)], axis=-1))
+    d = jnp.einsum("p,bpla,bpaq->blq", residues, ZF, beta[..., :q]).real + c0 * jnp.einsum("bla,baq->blq", Z, Ri)
+    phi_y = c0 * y + jnp.einsum("p,pl,blm->blm", residues, Finv, yc).real \
+        + jnp.einsum("p,bpla,bpam->blm", residues, ZF, beta[..., q:]).real
+    return d + x - phi_y
 
 
 @functools.partial(jax.jit, static_argnames=("discrete", "propagate"))
@@ -353,7 +354,7 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
         if kind == "auto":
             kind = "direct" if discrete and t <= _DIRECT_MAX_STEPS else "rational"
         if kind == "rational":
-            fits = _fits(s_max, lr, t, lam, discrete)
+            fits = _fit_phi(s_max, lr, t, lam, discrete)
             if fits is None:
                 if solver == "rational":
                     raise ValueError(f"solver: 'rational' found no verified partial-fraction form for segment "
@@ -364,8 +365,8 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
         Zall = jnp.moveaxis(T.reshape(r_dim, n, kb), 1, 0)  # (n, r, kb)
         Rall = R.reshape(n, kb, q)
         if chunk_size is None:
-            poles = 0 if fits is None else fits[0][1].shape[0] + fits[1][1].shape[0]
-            per_sample = 16 * r_dim * (max(poles, 1) * (kb + q) + 3 * q) + 8 * kb * r_dim * r_dim
+            poles = 0 if fits is None else fits[1].shape[0]
+            per_sample = 16 * r_dim * (max(poles, 1) * (kb + 2 * q) + 3 * q) + 8 * kb * r_dim * r_dim
             chunk = max(1, min(n, int(_CHUNK_BYTES // per_sample)))
         else:
             chunk = int(chunk_size)
@@ -376,7 +377,7 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
             if kind == "direct":
                 out = _direct_chunk(Z, Ri, xi, s, c, lr, lam, steps=t, discrete=discrete)
             elif kind == "rational":
-                out = _rational_chunk(Z, Ri, xi, s, c, *fits, propagate=propagate)
+                out = _rational_chunk(Z, Ri, xi, s, c, lam, fits, propagate=propagate)
             else:
                 out = _downdate_chunk(Z, Ri, xi, s, c, lr, t, lam, discrete=discrete, propagate=propagate)
             new.append(out)

@@ -105,15 +105,11 @@ def _sq_rows(a):
 
 
 def _linearization(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, weight_decay, opts):
-    from ntk_info.features import projected_features
-    from ntk_info.loo import leave_one_out
+    from ntk_info.scorer import score
 
-    feats = projected_features(apply_fn, params0, X, coords_per_layer=opts["coords_per_layer"], seed=opts["seed"],
-                               progress=False)
-    phi_val = feats.projection.features(X_val, progress=False).phi
-    residuals = np.asarray(Y).reshape(feats.outputs.shape) - np.asarray(feats.outputs)
-    res = leave_one_out(features=feats.phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=True, cross_features=phi_val, progress=False)
+    res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
+                weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"], seed=opts["seed"],
+                method=opts["method"], kernel=opts["kernel"], progress=False)
     return {"weights": np.asarray(res.weight_change_sq)[subset],
             "predictions": np.asarray(res.prediction_change_sq)[subset],
             "self": _sq_rows(np.asarray(res.self_prediction_change)[subset])}
@@ -144,18 +140,15 @@ def _mpe(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, w
 
 def _segments(segments, spacing):
     def run(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, weight_decay, opts):
-        from ntk_info.features import projected_features
-        from ntk_info.segments import segmented_network_loo
+        from ntk_info.scorer import score
 
-        feats = projected_features(apply_fn, params0, X, coords_per_layer=opts["coords_per_layer"],
-                                   seed=opts["seed"], progress=False)
-        targets = np.asarray(Y, np.float64).reshape(feats.outputs.shape)
-        res, info = segmented_network_loo(apply_fn, params0, X, targets, projection=feats.projection, lr=lr,
-                                          steps=int(steps), weight_decay=weight_decay, segments=segments,
-                                          spacing=spacing, X_val=X_val, first_features=feats, progress=False)
+        res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
+                    weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"],
+                    seed=opts["seed"], method=opts["method"], kernel=opts["kernel"], linearize="segments",
+                    segments=segments, spacing=spacing, progress=False)
         return {"weights": np.asarray(res.weight_change_sq)[subset],
                 "predictions": np.asarray(res.prediction_change_sq)[subset],
-                "self": _sq_rows(np.asarray(res.self_prediction_change)[subset]), "info": info}
+                "self": _sq_rows(np.asarray(res.self_prediction_change)[subset]), "info": res.settings}
 
     return run
 
@@ -178,7 +171,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
             weight_decay: float = 0.0, subset_size: int = 50, subset=None, methods=METHODS,
             coords_per_layer: int = 2000, damping: float | None = None, lissa_depth: int = 1000,
             lissa_scale: float | None = None, lissa_batch_size: int | None = None, chunk_size: int = 1, seed: int = 0,
-            progress: bool = True) -> CompareTable:
+            kernel: str = "full", method: str = "countsketch", progress: bool = True) -> CompareTable:
     """All LOO estimates for one model and data set, against brute-force retraining on a subset.
 
     Training: ``steps`` full-batch GD steps of size ``lr`` on Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||²
@@ -188,7 +181,9 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     excluding the shared training run. ``damping`` (default 0.01 if λ = 0 else 0, SI paper Table 2)
     is added to λ for influence functions and MPE; ``lissa_scale`` None is LiSSA's automatic scale;
     ``lissa_batch_size`` None uses the full GNH in every LiSSA recursion, b a minibatch estimate.
-    ``chunk_size`` removals are vmapped per brute-force call (1 is fastest on CPU).
+    ``chunk_size`` removals are vmapped per brute-force call (1 is fastest on CPU). ``linearization``
+    is ``ntk_info.score`` with ``kernel`` ("full", "trace" or "auto") and projection ``method``, so
+    the row validates the estimator the scores use (the CLI passes the kernel it reports).
     """
     runners = {m: _runner(m) for m in methods}
     n = np.shape(X)[0]
@@ -207,7 +202,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     truth = {"weights": brute.weight_change_sq, "predictions": brute.prediction_change_sq,
              "self": _sq_rows(brute.self_prediction_change)}
     opts = dict(coords_per_layer=coords_per_layer, seed=seed, damping=damping, lissa_depth=lissa_depth,
-                lissa_scale=lissa_scale, lissa_batch_size=lissa_batch_size)
+                lissa_scale=lissa_scale, lissa_batch_size=lissa_batch_size, kernel=kernel, method=method)
     rows = []
     for method in methods:
         t0 = time.perf_counter()
@@ -219,5 +214,5 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
                                seconds, est))
     settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, damping=damping, subset_size=int(subset.size),
                     coords_per_layer=coords_per_layer, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                    lissa_batch_size=lissa_batch_size, seed=seed, n=n)
+                    lissa_batch_size=lissa_batch_size, seed=seed, n=n, kernel=kernel, projection=method)
     return CompareTable(rows, brute, brute_seconds, settings)

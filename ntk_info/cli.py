@@ -309,7 +309,7 @@ def _config(args):
         group_column=args.group_column, classes=classes, n_train=args.n_train, val_fraction=args.val_fraction,
         noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
         weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
-        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)
+        kernel=args.kernel, segments=args.segments, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)
     try:
         return config.validate()
     except ConfigError as err:
@@ -713,6 +713,10 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                    help="full: the (n·k)x(n·k) NTK; trace: the output-averaged n x n kernel shared by the k "
                         "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
                         "settings.json records which was used)")
+    g.add_argument("--segments", type=int, default=None, metavar="S",
+                   help="linearize the real GD run at S checkpoints and carry the exact leave-one-out through "
+                        "them (for networks whose kernel moves in training, e.g. CNNs from scratch; cost ≈ S "
+                        "feature passes + one training run; default: linearize at the init)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +

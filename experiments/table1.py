@@ -51,6 +51,15 @@ from ntk_info.training import reinit_head, targets, train  # noqa: E402
 
 METHOD_LABELS = {"linearization": "Linearization (ours)", "influence_lissa": "Infl. functions (LiSSA)",
                  "influence_exact": "Infl. functions (exact GNH)", "mpe": "MPE"}
+BASE_METHODS = ("linearization", "influence_lissa", "influence_exact", "mpe")
+
+
+def label(method: str) -> str:
+    """Row label: the fixed methods', or "Segments S = s (spacing)" for "segments:s[:spacing]"."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    parts = method.split(":")
+    return f"Segments S = {parts[1]}" + (f" ({parts[2]})" if len(parts) == 3 else "")
 
 
 def load_4v9(seed: int = 0):
@@ -87,7 +96,7 @@ def as_f32(params):
 
 
 def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size, lissa_depth, lr_factor, seed,
-                log, lissa_batch_size=None, paper_lr=None):
+                log, lissa_batch_size=None, paper_lr=None, methods=BASE_METHODS):
     """Both λ settings of one network: {"lam0": table, "lam": table} with η and λ printed.
 
     η = min(paper_lr, lr_factor / λ_max(K0)): the paper's learning rate where it is stable, else the bound.
@@ -103,12 +112,18 @@ def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size,
         t0 = time.perf_counter()
         table = compare(model.apply_fn, params0, X, Y, X_val, Y_val, lr=lr, steps=steps, weight_decay=wd,
                         subset_size=subset_size, lissa_depth=lissa_depth, lissa_batch_size=lissa_batch_size,
-                        seed=seed, progress=False,
-                        methods=("linearization", "influence_lissa", "influence_exact", "mpe"))
+                        seed=seed, progress=False, methods=methods)
         trained = table.brute.params
         train_err = float(np.mean(np.sign(np.asarray(model.apply_fn(trained, X))) != Y))
         val_err = float(np.mean(np.sign(np.asarray(model.apply_fn(trained, X_val))) != Y_val))
         log(table.to_markdown(measures=("weights", "predictions", "self")))
+        for row in table.rows:
+            if "info" in row.estimates:
+                info = row.estimates["info"]
+                log(f"[{name}, {row.method}] checkpoints {info['checkpoints']}; kernel drift ||K_s - K_0||/||K_0|| "
+                    f"{[round(v, 3) for v in info['kernel_drift']]}; λmax(K_s)/λmax(K_0) "
+                    f"{[round(v, 2) for v in info['lambda_max_ratio']]}; η λmax/2 "
+                    f"{[round(v, 3) for v in info['stability_margin']]}; solvers {info['segment_solvers']}")
         log(f"[{name}, λ={wd:.4g}] train error {train_err:.3f}, val error {val_err:.3f}, "
             f"setting time {time.perf_counter() - t0:.1f} s\n")
         out[key] = dict(table=table, lr=lr, weight_decay=wd, steps=steps, lmax=lmax, train_err=train_err,
@@ -116,14 +131,14 @@ def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size,
     return out
 
 
-def paper_table(results, columns) -> str:
+def paper_table(results, columns, methods=BASE_METHODS) -> str:
     """Markdown in the paper's layout: measure × regularization × method rows, one column per network."""
     head = ["", "Reg.", "Method"] + [c for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for measure, label in (("weights", "weights"), ("predictions", "predictions")):
+    for measure, measure_label in (("weights", "weights"), ("predictions", "predictions")):
         for key, reg in (("lam0", "λ = 0"), ("lam", "λ = 10/(ηt)")):
-            for j, method in enumerate(("linearization", "influence_lissa", "influence_exact", "mpe")):
-                cells = [label if key == "lam0" and j == 0 else "", reg if j == 0 else "", METHOD_LABELS[method]]
+            for j, method in enumerate(methods):
+                cells = [measure_label if key == "lam0" and j == 0 else "", reg if j == 0 else "", label(method)]
                 for c in columns:
                     if c not in results:
                         cells.append("not run")
@@ -134,13 +149,13 @@ def paper_table(results, columns) -> str:
     return "\n".join(lines)
 
 
-def time_table(results, columns) -> str:
+def time_table(results, columns, methods=BASE_METHODS) -> str:
     """Wall time [s] of every method and of brute force, per network and λ."""
     cols = [(c, key) for c in columns if c in results for key in ("lam0", "lam")]
     head = ["Method"] + [f"{c} ({'λ=0' if k == 'lam0' else 'λ>0'})" for c, k in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in ("linearization", "influence_lissa", "influence_exact", "mpe"):
-        lines.append("| " + " | ".join([METHOD_LABELS[method]] + [
+    for method in methods:
+        lines.append("| " + " | ".join([label(method)] + [
             f"{results[c][k]['table'].row(method).seconds:.1f}" for c, k in cols]) + " |")
     lines.append("| " + " | ".join([f"Brute force (subset)"] + [
         f"{results[c][k]['table'].brute_seconds:.1f} ({results[c][k]['table'].brute.indices.size})"
@@ -194,6 +209,9 @@ def main(argv=None):
     ap.add_argument("--pretrain-batch", type=int, default=64, help="SGD batch size for pretraining")
     ap.add_argument("--lr-factor", type=float, default=0.25,
                     help="stability bound η ≤ lr_factor / λ_max(K0); the CNNs use the bound (their t is short)")
+    ap.add_argument("--segments", default="1,2,4,8,16",
+                    help="segmented-linearization rows: comma-separated S (checkpoints of the real run; '' for none)")
+    ap.add_argument("--spacing", default="uniform", help="checkpoint spacing of the segment rows: uniform or early")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -214,6 +232,9 @@ def main(argv=None):
     unknown = [s for s in networks if s not in columns]
     if unknown:
         raise ValueError(f"--networks: unknown {unknown}; valid: {sorted(columns)}")
+    seg_methods = tuple(f"segments:{int(S)}" + ("" if args.spacing == "uniform" else f":{args.spacing}")
+                        for S in args.segments.split(",") if S.strip())
+    methods = BASE_METHODS + seg_methods
     results = {}
     cnn_idx = np.sort(np.random.default_rng(args.seed).choice(X.shape[0], size=min(args.cnn_train, X.shape[0]),
                                                               replace=False))
@@ -224,7 +245,7 @@ def main(argv=None):
             results[columns[net]] = run_network(
                 columns[net], model, p0, X, Y, X_val, Y_val, steps=args.mlp_steps, subset_size=args.mlp_subset,
                 lissa_depth=args.mlp_lissa_depth, lr_factor=args.lr_factor, seed=args.seed, log=log,
-                paper_lr=args.mlp_lr or None)
+                paper_lr=args.mlp_lr or None, methods=methods)
         else:
             model = cnn(num_outputs=1)
             Xc, Xc_val = upsample(X[cnn_idx]), upsample(X_val)
@@ -248,15 +269,16 @@ def main(argv=None):
             results[columns[net]] = run_network(
                 columns[net], model, p0, Xc, Y[cnn_idx], Xc_val, Y_val, steps=args.cnn_steps,
                 subset_size=args.cnn_subset, lissa_depth=args.cnn_lissa_depth, lr_factor=args.lr_factor,
-                seed=args.seed, log=log, lissa_batch_size=min(args.cnn_lissa_batch, len(cnn_idx)))
+                seed=args.seed, log=log, lissa_batch_size=min(args.cnn_lissa_batch, len(cnn_idx)), methods=methods)
         order = [columns[s] for s in ("mlp", "cnn_scratch", "cnn_pretrained")]
         with open(os.path.join(args.out, "table1.md"), "w") as f:
-            f.write("Pearson correlation with retraining (SI paper Table 1 layout)\n\n" + paper_table(results, order)
-                    + "\n\nWall time [s]\n\n" + time_table(results, order) + "\n")
+            f.write("Pearson correlation with retraining (SI paper Table 1 layout)\n\n"
+                    + paper_table(results, order, methods)
+                    + "\n\nWall time [s]\n\n" + time_table(results, order, methods) + "\n")
     total = time.perf_counter() - t_start
     order = [columns[s] for s in ("mlp", "cnn_scratch", "cnn_pretrained")]
-    log("Pearson correlation with retraining (SI paper Table 1 layout)\n\n" + paper_table(results, order))
-    log("\nWall time [s]\n\n" + time_table(results, order))
+    log("Pearson correlation with retraining (SI paper Table 1 layout)\n\n" + paper_table(results, order, methods))
+    log("\nWall time [s]\n\n" + time_table(results, order, methods))
     figure(results, order, os.path.join(args.out, "table1.png"))
     summary = {c: {k: dict(lr=v["lr"], weight_decay=v["weight_decay"], steps=v["steps"], lmax=v["lmax"],
                            train_err=v["train_err"], val_err=v["val_err"],

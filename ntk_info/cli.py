@@ -314,7 +314,7 @@ def _config(args):
         kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed, init=args.init,
         pretrain_classes=None if args.pretrain_classes is None else
         tuple(c.strip() for c in args.pretrain_classes.split(",") if c.strip()),
-        pretrain_steps=args.pretrain_steps, linearize=args.linearize)
+        pretrain_steps=args.pretrain_steps, linearize=args.linearize, segments=args.segments)
     try:
         return config.validate()
     except ConfigError as err:
@@ -791,6 +791,10 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                         "trained-head (the same body with a fresh last layer: for mislabeled samples, the only "
                         "point still detecting them once the network memorizes its training set; "
                         "experiments/bench_detect.py) (default: init)")
+    g.add_argument("--segments", type=int, default=None, metavar="S",
+                   help="linearize the real GD run at S checkpoints and carry the exact leave-one-out through "
+                        "them (for networks whose kernel moves in training, e.g. CNNs from scratch; cost ≈ S "
+                        "feature passes + one training run; default: linearize at the init)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("where to linearize (w0; default: the random init)")
     g.add_argument("--init", help="start from these parameters: a .npz (ntk_info.save_params), Flax .msgpack or "

@@ -16,6 +16,9 @@ Methods (``methods``; each row also gets its wall time, brute force gets its own
     influence_exact   GNH influence at the trained weights, solved exactly (``influence``, PBRF eq. 6)
     influence_lissa   the same with LiSSA (the SI paper's influence-function baseline)
     mpe               MPE paper eq. 15: only the self-prediction change V_i e_i (no weight/val estimate)
+    segments:S[:sp]   exact LOO through the real training run linearized at S checkpoints (spacing sp,
+                      "uniform" default or "early"; ``ntk_info.segments``), same projection and filter;
+                      e.g. "segments:8"; S = 1 is the linearization row
 
 Influence functions use damping 0.01 when weight_decay = 0 (SI paper App. A.3, Table 2).
 """
@@ -135,6 +138,31 @@ def _mpe(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, w
     return {"weights": None, "predictions": None, "self": _sq_rows(np.asarray(res.deviation)[subset])}
 
 
+def _segments(segments, spacing):
+    def run(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, weight_decay, opts):
+        from ntk_info.scorer import score
+
+        res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
+                    weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"],
+                    seed=opts["seed"], method=opts["method"], kernel=opts["kernel"], linearize="segments",
+                    segments=segments, spacing=spacing, progress=False)
+        return {"weights": np.asarray(res.weight_change_sq)[subset],
+                "predictions": np.asarray(res.prediction_change_sq)[subset],
+                "self": _sq_rows(np.asarray(res.self_prediction_change)[subset]), "info": res.settings}
+
+    return run
+
+
+def _runner(method):
+    """The runner of ``method``: a fixed one, or "segments:S" / "segments:S:spacing"."""
+    if method in _RUNNERS:
+        return _RUNNERS[method]
+    parts = method.split(":")
+    if parts[0] == "segments" and len(parts) in (2, 3) and parts[1].isdigit() and int(parts[1]) >= 1:
+        return _segments(int(parts[1]), parts[2] if len(parts) == 3 else "uniform")
+    raise ValueError(f"methods: unknown {method!r}; valid: {list(_RUNNERS)} or 'segments:S[:uniform|early]'")
+
+
 _RUNNERS = {"linearization": _linearization, "influence_exact": _influence("exact"),
             "influence_lissa": _influence("lissa"), "mpe": _mpe}
 
@@ -157,9 +185,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     is ``ntk_info.score`` with ``kernel`` ("full", "trace" or "auto") and projection ``method``, so
     the row validates the estimator the scores use (the CLI passes the kernel it reports).
     """
-    unknown = [m for m in methods if m not in _RUNNERS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; valid: {list(_RUNNERS)}")
+    runners = {m: _runner(m) for m in methods}
     n = np.shape(X)[0]
     if subset is None:
         if not (isinstance(subset_size, (int, np.integer)) and 2 <= subset_size <= n):
@@ -180,7 +206,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     rows = []
     for method in methods:
         t0 = time.perf_counter()
-        est = jax.block_until_ready(_RUNNERS[method](apply_fn, params0, brute.params, X, Y, X_val, Y_val, subset,
+        est = jax.block_until_ready(runners[method](apply_fn, params0, brute.params, X, Y, X_val, Y_val, subset,
                                                      lr=lr, steps=steps, weight_decay=weight_decay, opts=opts))
         seconds = time.perf_counter() - t0
         pairs = {m: correlations(est[m], truth[m]) for m in MEASURES}

@@ -137,7 +137,8 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
           sigma=1.0, sgd_batch_size=None, targets=None, progress=True, loss="sum",
-          dtype="float64", linearize="init", Y_val=None, train_options=None) -> ScoreResult:
+          dtype="float64", linearize="init", Y_val=None, train_options=None, segments=None,
+          spacing="uniform") -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
@@ -167,6 +168,11 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     ``train_options``) and linearizes at those weights, so that (lr, steps, weight_decay) describe
     fine-tuning from w* on Y - f(X; w*) (e.g. steps=inf with weight_decay > 0: the ridge limit).
     Other points (fresh head, pretrained body, λ by LOO): ``ntk_info.linearize``.
+    ``linearize="segments"`` trains the real network
+    (full-batch GD, needs ``discrete=True`` and finite ``steps``), linearizes at ``segments`` = S
+    checkpoints (``spacing`` "uniform", "early" or explicit steps) with the same projection, and
+    carries the exact LOO perturbation through them (``ntk_info.segments``); S = 1 is "init".
+    Settings then also hold the checkpoints' kernel drift and stability margins.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -198,24 +204,40 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         point = linearization_point("trained", params, X, Y, X_val, _targets(Y_val, len(X_val), k, targets),
                                     apply_fn=apply_fn, train_options=train_options)
         params, linearize_settings = point.params, point.settings
-    elif linearize != "init":
-        raise ValueError(f"linearize: expected 'init' or 'trained' (more points in ntk_info.linearize), got "
-                         f"{linearize!r}")
+    elif linearize not in ("init", "segments"):
+        raise ValueError(f"linearize: expected 'init', 'trained' or 'segments' (more points in ntk_info.linearize), "
+                         f"got {linearize!r}")
+    if linearize == "segments" and loss != "sum":
+        raise ValueError(f"linearize='segments' supports loss='sum' only, got loss={loss!r}")
+    if linearize == "segments" and (not discrete or math.isinf(steps) or steps != round(steps) or segments is None):
+        raise ValueError(f"linearize='segments' trains the real network by full-batch GD: expected discrete=True, "
+                         f"a finite integer steps and segments=S ≥ 1, got discrete={discrete}, steps={steps}, "
+                         f"segments={segments!r}")
 
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
     t_features = time.perf_counter()
-    feats_val = None
-    if X_val is not None:
+    feats_val = loo = None
+    segment_settings = {}
+    if linearize == "segments":  # read out at the last checkpoint (ntk_info.segments)
+        from .segments import segmented_network_loo
+
+        loo, segment_settings = segmented_network_loo(
+            apply_fn, params, X, Y, projection=feats.projection, lr=lr, steps=int(steps), weight_decay=weight_decay,
+            segments=segments, spacing=spacing, X_val=X_val, kernel=kernel_for(n, k, kernel), batch_size=batch_size,
+            first_features=feats, progress=progress)
+    elif X_val is not None:
         feats_val = feats.projection.features(X_val, batch_size=batch_size, progress=progress)
     t_val = time.perf_counter()
     result = score_features(feats.phi, feats.outputs, Y, None if feats_val is None else feats_val.phi, lr=lr,
                             steps=steps, weight_decay=weight_decay, discrete=discrete, mode=mode, kernel=kernel,
-                            sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress, loss=loss, dtype=dtype)
+                            sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress, loss=loss, dtype=dtype,
+                            loo=loo)
     settings = {
         **feats.projection.settings(), "feature_batch_size": feats.batch_size, **result.settings,
         **linearize_settings, "targets": targets or "float", "seconds_features": t_features - t_start,
         "seconds_val_features": t_val - t_features, "seconds_total": time.perf_counter() - t_start,
+        "linearize": linearize, **segment_settings,
     }
     return dataclasses.replace(result, settings=settings, projection=feats.projection)
 
@@ -251,12 +273,13 @@ def loo_residuals(loo, n: int, k: int) -> np.ndarray:
 
 def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0, discrete=False, mode="auto",
                    kernel="auto", sigma=1.0, sgd_batch_size=None, progress=True, loss="sum",
-                   dtype="float64") -> ScoreResult:
+                   dtype="float64", loo=None) -> ScoreResult:
     """``score`` from features: Φ (n, k, p), f0(X) = ``outputs`` (n, k), float targets ``Y`` (n, k), Φ_val (m, k, p).
 
     The exact LOO and scores of ``score`` (same equations and settings) for features computed once,
     e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``, ``loss``, ``dtype``: see
-    ``score``.
+    ``score``. ``loo``: a LOO result already computed for these samples (``ntk_info.segments``) instead
+    of ``leave_one_out`` on Φ; its ``prediction_change_sq`` then gives fsi.
     """
     t_start = time.perf_counter()
     phi = np.asarray(phi)
@@ -274,9 +297,10 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
         phi_used, phi_val_used = trace_features(phi), None if phi_val is None else trace_features(phi_val)
     else:
         phi_used, phi_val_used = phi, phi_val
-    loo = leave_one_out(features=phi_used, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=discrete, cross_features=phi_val_used, mode=mode, progress=progress, loss=loss,
-                        dtype=dtype)
+    if loo is None:
+        loo = leave_one_out(features=phi_used, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
+                            discrete=discrete, cross_features=phi_val_used, mode=mode, progress=progress,
+                            loss=loss, dtype=dtype)
     t_loo = time.perf_counter()
 
     self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
@@ -294,9 +318,9 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
         si=np.asarray(_scores.si_isotropic(loo, sigma)),
         si_langevin=np.asarray(_scores.si_langevin(loo, lr=lr, batch_size=sgd_batch_size,
                                                    weight_decay=weight_decay, sigma=sigma)),
-        fsi=None if phi_val is None else np.asarray(_scores.fsi(loo, sigma)),
+        fsi=None if loo.prediction_change_sq is None else np.asarray(_scores.fsi(loo, sigma)),
         weight_change_sq=np.asarray(loo.weight_change_sq),
-        prediction_change_sq=None if phi_val is None else np.asarray(loo.prediction_change_sq),
+        prediction_change_sq=None if loo.prediction_change_sq is None else np.asarray(loo.prediction_change_sq),
         train_prediction_change_sq=np.asarray(loo.train_prediction_change_sq),
         loo_residuals=residuals_loo, self_prediction_change=self_change, fitted_residuals=fitted,
         loo_loss=0.5 * np.sum(residuals_loo ** 2, axis=1), outputs=outputs,

@@ -74,7 +74,9 @@ class PipelineConfig:
 
     Training: ``steps`` full-batch GD steps of size ``lr`` (None: 1/(λ_max + λ)) on the sum loss
     Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||², λ = ``weight_decay``. Scores: ``coords_per_layer``
-    Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace".
+    Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace";
+    ``segments`` S: linearize the real training run at S checkpoints (``ntk_info.segments``) instead of
+    at the init (None).
     """
 
     data: str = "digits"
@@ -95,6 +97,7 @@ class PipelineConfig:
     coords_per_layer: int = 2000
     projection: str = "countsketch"
     kernel: str = "auto"
+    segments: int | None = None
     allow_unstable_lr: bool = False
     seed: int = 0
     init: str | None = None
@@ -129,6 +132,10 @@ class PipelineConfig:
             raise ConfigError("projection", f"expected one of {', '.join(METHODS)}, got {self.projection!r}")
         if self.kernel not in KERNELS:
             raise ConfigError("kernel", f"expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.segments is not None:
+            _integer(self.segments, "segments", 1)
+            if self.segments > self.steps:
+                raise ConfigError("segments", f"expected at most steps = {self.steps} segments, got {self.segments}")
         _integer(self.seed, "seed", 0)
         if self.linearize not in PIPELINE_LINEARIZATIONS:
             raise ConfigError("linearize", f"expected one of {', '.join(PIPELINE_LINEARIZATIONS)}, got "
@@ -442,7 +449,8 @@ class Pipeline:
         with self.stage("scores (F-SI, SI, LOO)"):
             return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
                                   coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
-                                  progress=self.progress, **self._score_options())
+                                  progress=self.progress, **self._score_options(),
+                                  **({} if c.segments is None else dict(linearize="segments", segments=c.segments)))
 
     def _score_linearized(self):
         """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or

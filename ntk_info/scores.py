@@ -153,7 +153,7 @@ def si_lyapunov(result, *, batch_size, lr=None, gradient_covariance=None, rcond=
 
 # ----------------------------------------------------------------------------- detection scores from LOO predictions
 
-__all__ += ["loo_margin", "suggested_label", "loo_temperature", "loo_probabilities", "loo_prob_given",
+__all__ += ["loo_margin", "suggested_label", "loo_temperature", "loo_probabilities", "loo_prob_given", "loo_log_prob_given",
             "class_thresholds", "confident_joint_flags"]
 
 
@@ -211,7 +211,16 @@ def loo_temperature(loo_outputs, labels) -> float:
     def nll(log_t):
         return -np.mean(log_softmax(out / (scale * np.exp(log_t)), axis=1)[rows, labels])
 
-    best = minimize_scalar(nll, bounds=(-12.0, 6.0), method="bounded", options={"xatol": 1e-6})
+    lower, upper = -12.0, 6.0
+    best = minimize_scalar(nll, bounds=(lower, upper), method="bounded", options={"xatol": 1e-6})
+    if min(best.x - lower, upper - best.x) < 1e-3 or best.fun < 1e-9:
+        # No interior optimum (e.g. a memorized training set: every left-out prediction right, the NLL
+        # falls to 0 as T -> 0): softmax(f/T) saturates to 0/1 ties that no longer rank the samples.
+        import warnings
+
+        warnings.warn(f"loo_temperature: the LOO likelihood has no interior optimum (search bound) at T = "
+                      f"{scale * np.exp(best.x):.3g}; LOO probabilities saturate, so rank by loo_margin or the "
+                      "LOO log-probability (loo_log_prob_given) instead", RuntimeWarning, stacklevel=2)
     return float(scale * np.exp(best.x))
 
 
@@ -227,6 +236,15 @@ def loo_probabilities(loo_outputs, labels=None, temperature=None) -> np.ndarray:
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature: expected a finite T > 0, got {temperature!r}")
     return softmax(out / temperature, axis=1)
+
+
+def loo_log_prob_given(loo_outputs, labels, temperature) -> np.ndarray:
+    """log P_{-i}(y_i | x_i) = log softmax(f_{-i}(x_i)/T)[y_i], computed without saturating (ranks samples
+    even where the probability itself rounds to 0 or 1)."""
+    from scipy.special import log_softmax
+
+    out, labels = _loo_inputs(loo_outputs, labels)
+    return log_softmax(out / temperature, axis=1)[np.arange(out.shape[0]), labels]
 
 
 def loo_prob_given(probabilities, labels) -> np.ndarray:

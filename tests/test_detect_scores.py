@@ -72,3 +72,23 @@ def test_same_ranking_as_cleanlab_self_confidence():
     ours = S.loo_prob_given(probs, labels)
     theirs = get_label_quality_scores(labels, probs, method="self_confidence")
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_saturated_temperature_warns_and_log_probability_keeps_the_order():
+    """Memorized-like LOO outputs (every left-out prediction right) give no interior optimum of T: a
+    warning. At such a small T the probabilities of wrong labels all round to 0, their logarithm still
+    orders them by how confidently they are wrong."""
+    from ntk_info import scores
+
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    out = np.zeros((6, 2))
+    out[np.arange(6), labels] = np.arange(1.0, 7.0)
+    with pytest.warns(RuntimeWarning, match="no interior optimum"):
+        T = scores.loo_temperature(out, labels)
+    wrong = np.zeros((3, 2))
+    wrong[:, 1] = [1.0, 2.0, 3.0]                      # label 0, predicted 1 by growing margins
+    given = np.zeros(3, dtype=int)
+    probs = scores.loo_probabilities(wrong, temperature=T)
+    assert np.all(probs[:, 0] == 0.0)                  # the probability has lost the order ...
+    logp = scores.loo_log_prob_given(wrong, given, T)
+    assert np.all(np.diff(logp) < 0)                   # ... the log-probability keeps it

@@ -123,7 +123,7 @@ def loo_detection_scores(result, labels) -> dict:
 
     Returns (n,) arrays: ``loo_margin`` (the left-out margin of the given label, ``ntk_info.scores.loo_margin``;
     low = suspicious), ``loo_prob_given`` (softmax(f_{-i}(x_i)/T)[y_i] with T fitted by LOO likelihood,
-    ``loo_probabilities``), ``suggested_label`` (argmax_c f_{-i}(x_i)[c]), ``confident_joint`` (1 where the
+    ``loo_probabilities``; ``loo_log_prob_given`` its logarithm, which does not saturate), ``suggested_label`` (argmax_c f_{-i}(x_i)[c]), ``confident_joint`` (1 where the
     confident-learning per-class thresholds flag the sample) and, as floats, ``loo_temperature``. The
     targets must be one-hot rows (``targets="onehot"`` or ``ntk_info.training.targets``).
     """
@@ -139,6 +139,7 @@ def loo_detection_scores(result, labels) -> dict:
     probs = scores.loo_probabilities(loo_outputs, temperature=temperature)
     return {"loo_margin": scores.loo_margin(loo_outputs, labels),
             "loo_prob_given": scores.loo_prob_given(probs, labels),
+            "loo_log_prob_given": scores.loo_log_prob_given(loo_outputs, labels, temperature),
             "suggested_label": scores.suggested_label(loo_outputs),
             "confident_joint": scores.confident_joint_flags(probs, labels).astype(int),
             "loo_probabilities": probs, "loo_temperature": temperature}

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
 # jax ≥ 0.6 has jax.enable_x64; 0.4.35 (the neural-tangents extra's JAX) has it under experimental
@@ -328,9 +329,8 @@ def _schur_primal_sample(i, s, T, R, c, Bv, lams, *, kb, return_coords):
     return jax.tree_util.tree_map(lambda x: x[None], out)
 
 
-@functools.partial(jax.jit, static_argnames=("path", "kb", "return_coords"))
-def _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams, *, path, kb, return_coords):
-    """t = ∞: all measures for the samples idx, vmapped, (chunk, 1, Gλ, ...)."""
+def _schur_device(idx, s, T, R, c, Bv, V, s_all, rho, lams, path, kb, return_coords):
+    """t = ∞ on one device: all measures for the samples idx, vmapped, (chunk, 1, Gλ, ...)."""
     if path == "schur_dual":
         one = functools.partial(_schur_dual_sample, s=s, T=T, Bv=Bv, V=V, s_all=s_all, rho=rho, lams=lams,
                                 kb=kb, return_coords=return_coords)
@@ -348,10 +348,31 @@ def _downdate_device(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, re
     return jax.lax.map(one, ids)
 
 
-# The sample axis split over all devices: (devices, chunk/devices) ids, everything else broadcast.
-# pmap rather than shard_map: XLA 0.4.35's SPMD partitioner aborts on the root finder's while loops
-# inside a manual (shard_map) region ("hlo_sharding_util ... !to_merge.IsManual()").
-_downdate_devices = jax.pmap(_downdate_device, in_axes=(0,) + (None,) * 10, static_broadcasted_argnums=(11, 12))
+def _shard_map(fn, mesh, in_specs, out_specs):
+    """jax.shard_map (JAX ≥ 0.7) or jax.experimental.shard_map (0.4.35, the neural-tangents extra's JAX)."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(fn, mesh, in_specs, out_specs, check_rep=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _split_over_devices(per_device, num_args, static):
+    """jit(shard_map(per_device)): sample ids (first argument) split over the local devices, every
+    other argument replicated, outputs concatenated along samples. ``static`` are the trailing
+    hashable arguments (closed over). Works inside one process on its own devices (a multi-process
+    run gives each process its own samples, ``ntk_info.distributed``)."""
+    mesh = Mesh(np.array(jax.local_devices()), ("samples",))
+    fn = _shard_map(lambda ids, *args: per_device(ids, *args, *static), mesh,
+                    (PartitionSpec("samples"),) + (PartitionSpec(),) * (num_args - 1), PartitionSpec("samples"))
+    return jax.jit(fn)
+
+
+def _downdate_devices(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, return_coords):
+    """``_downdate_device`` with the ids split over the local devices."""
+    return _split_over_devices(_downdate_device, 11, (kb, return_coords))(ids, s, T, R, c, Bv, lr, steps, lams, tol,
+                                                                           discrete)
 
 
 def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shape, return_coords):
@@ -388,7 +409,10 @@ def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shap
     return jax.tree_util.tree_map(lambda x: x.reshape((x.shape[0],) + grid_shape + x.shape[2:]), out)
 
 
-_rational_devices = jax.pmap(_rational_device, in_axes=(0,) + (None,) * 8, static_broadcasted_argnums=(9, 10, 11))
+def _rational_devices(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shape, return_coords):
+    """``_rational_device`` with the ids split over the local devices."""
+    return _split_over_devices(_rational_device, 9, (kb, grid_shape, return_coords))(ids, s, T, R, c, Bv, consts,
+                                                                                      poles, residues)
 
 
 def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
@@ -536,7 +560,7 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         else:
             per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
         chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
-    devices = jax.device_count()
+    devices = jax.local_device_count()
     chunk_size = int(min(max(1, chunk_size), n))
     chunk_size = -(-chunk_size // devices) * devices  # a multiple of the device count (padded)
     starts = range(0, n, chunk_size)
@@ -547,16 +571,14 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
         valid = int(np.sum(idx < n))
         idx = jnp.asarray(np.minimum(idx, n - 1))  # pad the last chunk (same shape: no retrace)
         if path == "rational":
-            out = _rational_devices(idx.reshape(devices, -1), s, T, R, c, Bv, *fractions, kb,
-                                    (len(steps_grid), len(lams)), bool(return_coords))
-            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+            out = _rational_devices(idx, s, T, R, c, Bv, *fractions, kb, (len(steps_grid), len(lams)),
+                                    bool(return_coords))
         elif path == "downdate":
-            out = _downdate_devices(idx.reshape(devices, -1), s, T, R, c, Bv, lr_j, steps_j, lams_j,
-                                    jnp.asarray(tol, dtype), jnp.asarray(bool(discrete)), kb, bool(return_coords))
-            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+            out = _downdate_devices(idx, s, T, R, c, Bv, lr_j, steps_j, lams_j, jnp.asarray(tol, dtype),
+                                    jnp.asarray(bool(discrete)), kb, bool(return_coords))
         else:
-            out = _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams_j, path=path, kb=kb,
-                               return_coords=bool(return_coords))
+            out = _split_over_devices(_schur_device, 10, (path, kb, bool(return_coords)))(
+                idx, s, T, R, c, Bv, V, s_all, rho, lams_j)
         pieces.append(jax.tree_util.tree_map(lambda x, v=valid: x[:v], out))
     out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
     if all_inf:  # Schur outputs carry a length-1 steps axis; broadcast to the steps grid

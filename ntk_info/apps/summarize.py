@@ -134,11 +134,13 @@ class SubsetRescorer:
     kernel rows, hence only zero eigenvalues, which the rank cut-off drops exactly as the sliced
     problem would. The filter's partial fractions (``ntk_info.rational``) are fitted once on
     [0, λ_max(K)], which covers every kept subset (a principal submatrix's eigenvalues interlace,
-    λ_max(K_m) ≤ λ_max(K)). Each step is then one n × n eigh and the batched Woodbury LOO.
+    λ_max(K_m) ≤ λ_max(K)). Each step is then one n × n eigh and the batched Woodbury LOO. Where the
+    filter has no verified fit (t = ∞, or η·t·λ_max beyond ~1e5) every call slices the kept kernel
+    and runs ``leave_one_out`` from scratch instead (``fast`` is False).
 
     ``by``: "fsi" (||K_v δ_i||²/(2m), SI paper eq. 16–17), "si" (½||Δw||², eq. 5) or
     "loo_residual" (||y_i - f_{-i}(x_i)||). Kernel (n, n) (e.g. the trace kernel), residuals (n, q),
-    cross_kernel (m, n) (needed for "fsi"). Finite t with a verified fit only (``steps`` finite).
+    cross_kernel (m, n) (needed for "fsi").
     """
 
     def __init__(self, kernel, residuals, cross_kernel=None, *, lr, steps, weight_decay=0.0, discrete=False,
@@ -162,14 +164,14 @@ class SubsetRescorer:
             raise ValueError("cross_kernel: by='fsi' needs the validation cross kernel K(X_v, X) (m, n), got None")
         if cross_kernel is not None and np.shape(cross_kernel)[1:] != (n,):
             raise ValueError(f"cross_kernel: expected shape (m, {n}), got {np.shape(cross_kernel)}")
-        if not np.isfinite(steps):
-            raise ValueError("steps: SubsetRescorer needs finite steps (t = ∞ rescoring: slice and call "
-                             f"leave_one_out), got {steps!r}")
         self.n, self.by = n, by
         self.dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
         s_max = float(np.linalg.eigvalsh(kernel)[-1])
         self.plan = per_sample_plan(s_max, basis="dual", lr=lr, steps=steps, weight_decay=weight_decay,
-                                    discrete=discrete, solver="rational", tol=0.0, block_size=1, dtype=self.dtype)
+                                    discrete=discrete, solver="auto", tol=0.0, block_size=1, dtype=self.dtype)
+        self.fast = self.plan.path == "rational"
+        self._settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, discrete=discrete)
+        self._inputs = (kernel, residuals, None if cross_kernel is None else np.asarray(cross_kernel, np.float64))
         self.kernel = jnp.asarray(kernel, self.dtype)
         self.residuals = jnp.asarray(residuals, self.dtype)
         self.cross = None if cross_kernel is None or by != "fsi" else jnp.asarray(cross_kernel, self.dtype)
@@ -205,6 +207,8 @@ class SubsetRescorer:
         from ntk_info.loo import sample_changes
 
         kept = np.asarray(kept)
+        if not self.fast:
+            return self._from_scratch(kept)
         mask = np.zeros(self.n)
         mask[kept] = 1.0
         s, T, R, c, Bv, fitted = self._factor(jnp.asarray(mask, self.dtype), self.kernel, self.residuals, self.cross)
@@ -215,3 +219,18 @@ class SubsetRescorer:
             return 0.5 * np.asarray(out["weight"][0, 0])[kept]
         loo_res = np.asarray(fitted)[kept] + np.asarray(out["self"][0, 0])[kept]
         return np.linalg.norm(loo_res, axis=1)
+
+    def _from_scratch(self, kept):
+        """The kept kernel sliced and ``leave_one_out`` run on it (filters without a verified fit)."""
+        from ntk_info.loo import leave_one_out
+
+        kernel, residuals, cross = self._inputs
+        loo = leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], progress=False,
+                            cross_kernel=None if cross is None or self.by != "fsi" else cross[:, kept],
+                            **self._settings)
+        if self.by == "fsi":
+            return np.asarray(loo.prediction_change_sq) / (2.0 * self.m)
+        if self.by == "si":
+            return 0.5 * np.asarray(loo.weight_change_sq)
+        loo_res = np.asarray(loo.fitted_residuals) + np.asarray(loo.self_prediction_change)
+        return np.linalg.norm(loo_res.reshape(kept.size, -1), axis=1)

@@ -155,7 +155,7 @@ def iterative(args):
     def from_scratch(kept):  # the CLI's subset_scorer before: slice, leave_one_out, F-SI
         loo = ntk_info.leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], lr=lr, steps=steps,
                                      discrete=True, cross_kernel=cross[:, kept], progress=False)
-        return np.asarray(ntk_info.scores.fsi(loo))
+        return np.asarray(loo.prediction_change_sq) / (2.0 * loo.n_val)
 
     timings, masks, calls = {}, {}, {}
     for name, make in (("rescorer", lambda: SubsetRescorer(kernel, residuals, cross, lr=lr, steps=steps, discrete=True,

@@ -9,7 +9,7 @@ from ntk_info.apps.summarize import SubsetRescorer, iterative_keep_masks
 
 def _problem(rank):
     rng = np.random.default_rng(5)
-    n = 14
+    n = 40
     J = rng.standard_normal((n, rank)) * np.logspace(0, -2, rank)
     Jv = rng.standard_normal((4, rank))
     return J @ J.T, Jv @ J.T, rng.standard_normal((n, 3))
@@ -26,7 +26,7 @@ def _from_scratch(K, Kv, R, kept, by, **setting):
 
 @pytest.mark.parametrize("by", ["fsi", "si", "loo_residual"])
 @pytest.mark.parametrize("rank,setting", [
-    (14, dict(lr=0.05, steps=200, discrete=True)),                    # full rank, discrete GD
+    (40, dict(lr=0.02, steps=200, discrete=True)),                    # full rank, discrete GD
     (9, dict(lr=0.05, steps=40.0, weight_decay=0.3)),                 # rank-deficient, flow, λ > 0
     (9, dict(lr=0.05, steps=np.inf, weight_decay=0.3)),               # t = ∞: the from-scratch fallback
 ])
@@ -35,7 +35,8 @@ def test_rescorer_equals_from_scratch(by, rank, setting):
     rescore = SubsetRescorer(K, R, Kv, by=by, **setting)
     assert rescore.fast == np.isfinite(setting["steps"])
     rng = np.random.default_rng(1)
-    for kept in (np.arange(14), np.sort(rng.choice(14, 10, replace=False)), np.array([0, 3, 4, 8, 13])):
+    assert rescore.sizes == [40, 32, 24, 16]  # padded sizes: 27 kept -> 32 with 5 masked, 10 -> 16 with 6
+    for kept in (np.arange(40), np.sort(rng.choice(40, 27, replace=False)), np.array([0, 3, 4, 8, 13, 21, 22, 30, 31, 39])):
         ours = rescore(kept)
         ref = _from_scratch(K, Kv, R, kept, by, **setting)
         assert ours.shape == (kept.size,)
@@ -43,17 +44,17 @@ def test_rescorer_equals_from_scratch(by, rank, setting):
 
 
 def test_iterative_masks_equal():
-    K, Kv, R = _problem(14)
-    setting = dict(lr=0.05, steps=200, discrete=True)
-    fast = iterative_keep_masks(SubsetRescorer(K, R, Kv, by="fsi", **setting), 14, [0.2, 0.5], step=0.1,
+    K, Kv, R = _problem(40)
+    setting = dict(lr=0.02, steps=200, discrete=True)
+    fast = iterative_keep_masks(SubsetRescorer(K, R, Kv, by="fsi", **setting), 40, [0.2, 0.6], step=0.2,
                                 progress=False)
-    slow = iterative_keep_masks(lambda kept: _from_scratch(K, Kv, R, kept, "fsi", **setting), 14, [0.2, 0.5],
-                                step=0.1, progress=False)
+    slow = iterative_keep_masks(lambda kept: _from_scratch(K, Kv, R, kept, "fsi", **setting), 40, [0.2, 0.6],
+                                step=0.2, progress=False)
     np.testing.assert_array_equal(fast, slow)
 
 
 def test_rescorer_rejects():
-    K, Kv, R = _problem(14)
+    K, Kv, R = _problem(40)
     with pytest.raises(ValueError, match="cross_kernel: by='fsi' needs"):
         SubsetRescorer(K, R, lr=0.05, steps=10)
     with pytest.raises(ValueError, match="by: expected"):

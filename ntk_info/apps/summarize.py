@@ -128,11 +128,12 @@ class SubsetRescorer:
 
     ``rescorer(kept)`` returns the scores that ``leave_one_out(kernel[kept][:, kept],
     residuals=residuals[kept], cross_kernel=cross_kernel[:, kept], ...)`` gives (float64: equal to
-    round-off), for the iterative removal of ``iterative_keep_masks``. Instead of slicing, the
-    removed samples are masked out at the full size n: K_m = D K D, r_m = D r, K_v,m = K_v D with
-    D = diag(kept), so every step has the same shapes (one compilation). Removed samples have zero
-    kernel rows, hence only zero eigenvalues, which the rank cut-off drops exactly as the sliced
-    problem would. The filter's partial fractions (``ntk_info.rational``) are fitted once on
+    round-off), for the iterative removal of ``iterative_keep_masks``. Shapes come from a fixed
+    ladder of sizes n, 0.7n, 0.49n, ... (multiples of 8): the kept samples are padded with removed
+    ones up to the next size and those are masked out, K_m = D K D, r_m = D r, K_v,m = K_v D with
+    D = diag(kept), so a whole removal sequence compiles at most once per ladder size while each
+    eigh shrinks with the kept set. Masked samples have zero kernel rows, hence only zero
+    eigenvalues, which the rank cut-off drops exactly as the sliced problem would. The filter's partial fractions (``ntk_info.rational``) are fitted once on
     [0, λ_max(K)], which covers every kept subset (a principal submatrix's eigenvalues interlace,
     λ_max(K_m) ≤ λ_max(K)). Each step is then one n × n eigh and the batched Woodbury LOO. Where the
     filter has no verified fit (t = ∞, or η·t·λ_max beyond ~1e5) every call slices the kept kernel
@@ -177,6 +178,9 @@ class SubsetRescorer:
         self.cross = None if cross_kernel is None or by != "fsi" else jnp.asarray(cross_kernel, self.dtype)
         self.m = 0 if cross_kernel is None else int(np.shape(cross_kernel)[0])
         self._factor = jax.jit(self._masked_factor)
+        self.sizes = [n]
+        while self.sizes[-1] > 16:
+            self.sizes.append(max(8, -(-int(0.7 * self.sizes[-1]) // 8) * 8))
 
     def _masked_factor(self, mask, kernel, residuals, cross):
         """U-coordinates of the masked problem at full size: dropped eigenpairs zeroed, not cut."""
@@ -209,15 +213,19 @@ class SubsetRescorer:
         kept = np.asarray(kept)
         if not self.fast:
             return self._from_scratch(kept)
-        mask = np.zeros(self.n)
-        mask[kept] = 1.0
-        s, T, R, c, Bv, fitted = self._factor(jnp.asarray(mask, self.dtype), self.kernel, self.residuals, self.cross)
-        out = sample_changes(self.plan, s, T, R, c, Bv, chunk_size=self.n, progress=False)
+        size = min(b for b in self.sizes if b >= kept.size)
+        removed = np.setdiff1d(np.arange(self.n), kept)
+        rows = jnp.asarray(np.concatenate([kept, removed[: size - kept.size]]))
+        mask = jnp.asarray(np.arange(size) < kept.size, self.dtype)
+        s, T, R, c, Bv, fitted = self._factor(mask, self.kernel[rows][:, rows], self.residuals[rows],
+                                              None if self.cross is None else self.cross[:, rows])
+        out = sample_changes(self.plan, s, T, R, c, Bv, chunk_size=size, progress=False)
+        first = slice(0, kept.size)
         if self.by == "fsi":
-            return np.asarray(out["val"][0, 0])[kept] / (2.0 * self.m)
+            return np.asarray(out["val"][0, 0])[first] / (2.0 * self.m)
         if self.by == "si":
-            return 0.5 * np.asarray(out["weight"][0, 0])[kept]
-        loo_res = np.asarray(fitted)[kept] + np.asarray(out["self"][0, 0])[kept]
+            return 0.5 * np.asarray(out["weight"][0, 0])[first]
+        loo_res = np.asarray(fitted)[first] + np.asarray(out["self"][0, 0])[first]
         return np.linalg.norm(loo_res, axis=1)
 
     def _from_scratch(self, kept):

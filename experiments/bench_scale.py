@@ -4,7 +4,8 @@ Scale (default): MNIST-shaped synthetic inputs (28×28×1, 10 classes: class tem
 the SI paper's MLP (one hidden layer of 1024, NTK parameterization) or CNN, projected features
 (countsketch, ``--coords-per-layer`` per leaf) streamed in batches through the primal LOO
 (``ntk_info.streaming``: pass 1 accumulates ΦᵀΦ, pass 2 recomputes each batch's features for the
-per-sample LOO; the full n·k × n·k kernel, rank-10 removal per sample). Each n runs in a fresh
+per-sample LOO; the full n·k × n·k kernel, rank-10 removal per sample; float32 network and
+features, float64 Gram and LOO; 1000 GD steps at lr = 1/λ_max; F-SI on ``--n-val`` inputs). Each n runs in a fresh
 subprocess; per stage it records wall seconds and the peak resident memory (RSS sampled every
 20 ms), then prints a table and each stage's growth n → n' against linear growth.
 
@@ -33,7 +34,7 @@ class StageMeter:
     """Wall seconds and peak RSS (GB) per named stage; RSS read from /proc/self/statm every 20 ms."""
 
     def __init__(self):
-        self.records, self._peak, self._stop = {}, 0, False
+        self.records, self._peak, self._stop, self._cpu = {}, 0, False, time.process_time()
         self._page = os.sysconf("SC_PAGE_SIZE")
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -46,11 +47,15 @@ class StageMeter:
             self._peak = max(self._peak, self._rss())
             time.sleep(0.02)
 
-    def stage(self, name, seconds=None, start=None):
-        """Close a stage: its seconds (given, or since ``start``) and the peak RSS seen since the last stage."""
+    def stage(self, name, seconds=None, cpu_seconds=None, start=None):
+        """Close a stage: wall and CPU seconds (given, or since ``start`` / the last stage) and the peak RSS
+        seen since the last stage."""
         peak = max(self._peak, self._rss())
+        cpu = time.process_time()
         self.records[name] = {"seconds": seconds if seconds is not None else time.perf_counter() - start,
+                              "cpu_seconds": cpu_seconds if cpu_seconds is not None else cpu - self._cpu,
                               "peak_rss_gb": peak / 2**30}
+        self._cpu = cpu
         self._peak = self._rss()
 
 
@@ -73,7 +78,8 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     X_all = np.clip(templates[labels] + 0.5 * rng.standard_normal((n + n_val, 28, 28, 1)), 0, 1).astype(np.float32)
     X, X_val, Y = X_all[:n], X_all[n:], np.eye(10)[labels[:n]]
     model = get_model(model_name, 10)
-    params = init_params(model, (28, 28, 1), seed=0)
+    # float32 network and features (the Jacobian of a batch is the memory peak); the engine is float64
+    params = jax.tree_util.tree_map(lambda w: w.astype(np.float32), init_params(model, (28, 28, 1), seed=0))
     projection = projected_features(model.apply_fn, params, X[:2], coords_per_layer=coords, seed=0,
                                     progress=False).projection
     meter.stage("data + model", start=t0)
@@ -84,7 +90,7 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     result = streamed_leave_one_out(projection, X, Y, X_val, lr=lr, steps=1000.0, discrete=True,
                                     batch_size=batch_size, progress=False)
     for name, seconds in result.seconds.items():
-        meter.stage(name, seconds=seconds)
+        meter.stage(name, seconds=seconds, cpu_seconds=result.cpu_seconds[name])
     t1 = time.perf_counter()
     si = 0.5 * result.weight_change_sq
     fsi = result.prediction_change_sq / (2.0 * result.n_val)
@@ -92,7 +98,7 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     np.savetxt(os.path.join(out_dir, f"scores_{model_name}_{n}.csv"), np.column_stack([np.arange(n), si, fsi, loo_res]),
                delimiter=",", header="index,si,fsi,loo_residual", comments="", fmt=["%d", "%.10g", "%.10g", "%.10g"])
     meter.stage("scores + CSV", start=t1)
-    meter.records["total"] = {"seconds": time.perf_counter() - t0,
+    meter.records["total"] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time(),
                               "peak_rss_gb": max(r["peak_rss_gb"] for r in meter.records.values())}
     meter.records["info"] = {"p": result.p, "rank": result.rank, "solver": result.solver, "n_val": result.n_val}
     return meter.records
@@ -113,16 +119,17 @@ def scale(args):
         info = table[n].pop("info")
         print(f"n = {n}: {json.dumps(table[n])}  ({info})", flush=True)
     stages = [s for s in next(iter(table.values()))]
-    print(f"\n{args.model}, {args.coords_per_layer} coords/leaf, n_val = {args.n_val}: seconds (peak RSS GB)")
-    print(f"{'stage':<16}" + "".join(f"{'n=' + str(n):>20}" for n in table))
+    print(f"\n{args.model}, {args.coords_per_layer} coords/leaf, n_val = {args.n_val}: "
+          "wall s / CPU s (peak RSS GB)")
+    print(f"{'stage':<16}" + "".join(f"{'n=' + str(n):>26}" for n in table))
     for stage in stages:
-        print(f"{stage:<16}" + "".join(f"{table[n][stage]['seconds']:>11.1f} ({table[n][stage]['peak_rss_gb']:5.2f})"
-                                       for n in table))
+        print(f"{stage:<16}" + "".join(f"{table[n][stage]['seconds']:>9.1f} /{table[n][stage]['cpu_seconds']:>7.1f} "
+                                       f"({table[n][stage]['peak_rss_gb']:5.2f})" for n in table))
     ns = list(table)
     for a, b in zip(ns, ns[1:]):
-        growth = "  ".join(f"{s} x{table[b][s]['seconds'] / max(table[a][s]['seconds'], 1e-9):.2f}"
+        growth = "  ".join(f"{s} x{table[b][s]['cpu_seconds'] / max(table[a][s]['cpu_seconds'], 1e-9):.2f}"
                            for s in stages if s in ("gram pass", "eigh", "loo pass", "total"))
-        print(f"n {a} -> {b} (x{b / a:.1f}): {growth}")
+        print(f"n {a} -> {b} (x{b / a:.1f}), CPU seconds: {growth}")
 
 
 def iterative(args):
@@ -161,7 +168,7 @@ def iterative(args):
     for name, make in (("rescorer", lambda: SubsetRescorer(kernel, residuals, cross, lr=lr, steps=steps, discrete=True,
                                                           by="fsi")),
                        ("from scratch", lambda: from_scratch)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         score_fn = make()
         seen = []
 
@@ -170,11 +177,13 @@ def iterative(args):
             return seen[-1]
 
         masks[name] = iterative_keep_masks(counted, n, fractions, progress=False)
-        timings[name] = time.perf_counter() - t0
+        timings[name] = (time.perf_counter() - t0, time.process_time() - c0)
         calls[name] = seen
-        print(f"{name:>13}: {len(seen)} rescoring steps in {timings[name]:.1f} s", flush=True)
+        print(f"{name:>13}: {len(seen)} rescoring steps in {timings[name][0]:.1f} s wall, {timings[name][1]:.1f} "
+              "CPU-s (set-up included)", flush=True)
     diff = max(np.max(np.abs(a - b)) / np.max(np.abs(b)) for a, b in zip(calls["rescorer"], calls["from scratch"]))
-    print(f"speed-up x{timings['from scratch'] / timings['rescorer']:.1f}; same masks: "
+    print(f"speed-up x{timings['from scratch'][0] / timings['rescorer'][0]:.1f} wall, "
+          f"x{timings['from scratch'][1] / timings['rescorer'][1]:.1f} CPU; same masks: "
           f"{np.array_equal(masks['rescorer'], masks['from scratch'])}; largest score difference {diff:.2e} "
           "(relative to the step's largest score)")
 
@@ -185,7 +194,7 @@ def main():
     parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
     parser.add_argument("--coords-per-layer", type=int, default=2000)
     parser.add_argument("--n-val", type=int, default=200, help="validation inputs for F-SI (default: 200)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per feature batch (default: 32)")
     parser.add_argument("--out", default="/tmp/bench_scale")
     parser.add_argument("--iterative", action="store_true")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)

@@ -73,6 +73,4 @@ def distributed_leave_one_out(projection, X_local, Y_local, X_val=None, **settin
     local = streamed_leave_one_out(projection, X_local, Y_local, X_val, sum_across=sum_across_processes, **settings)
     fields = ("weight_change_sq", "train_prediction_change_sq", "self_prediction_change", "fitted_residuals",
               "outputs") + (("prediction_change_sq",) if local.prediction_change_sq is not None else ())
-    seconds = dict(local.seconds)
-    return dataclasses.replace(local, **{name: gather_samples(getattr(local, name)) for name in fields},
-                               seconds=seconds)
+    return dataclasses.replace(local, **{name: gather_samples(getattr(local, name)) for name in fields})

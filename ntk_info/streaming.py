@@ -40,8 +40,9 @@ class StreamedLOO:
     weight_change_sq (n,): ||w - w_{-i}||²; train_prediction_change_sq (n,); self_prediction_change
     (n, k): f(x_i) - f_{-i}(x_i); prediction_change_sq (n,) or None: over the n_val validation inputs;
     fitted_residuals (n, k): Y - f_t(X); outputs (n, k) = f0(X). rank: kept eigenvalues of ΦᵀΦ (of p);
-    solver: "rational", "downdate" or "schur"; seconds: wall time per stage ("gram pass", "eigh", "loo pass"). Only a process's own samples
-    in a multi-process run (``ntk_info.distributed`` gathers them).
+    solver: "rational", "downdate" or "schur"; seconds / cpu_seconds: wall and process CPU time per
+    stage ("gram pass", "eigh", "loo pass"). Only a process's own samples in a multi-process run
+    (``ntk_info.distributed`` gathers them).
     """
 
     weight_change_sq: np.ndarray
@@ -58,6 +59,7 @@ class StreamedLOO:
     steps: float
     weight_decay: float
     seconds: dict
+    cpu_seconds: dict
 
 
 def _batches(n, batch_size, desc, progress):
@@ -96,10 +98,10 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
         raise ValueError(f"Y: expected float targets of shape (n, k) with n = {n}, got {Y.shape}")
     p, k = projection.p, Y.shape[1]
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    seconds = {}
+    seconds, cpu_seconds = {}, {}
 
     # Pass 1: G = ΦᵀΦ, h = Φᵀr (float64), f0.
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     gram, h = np.zeros((p, p)), np.zeros((p, 1))
     outputs = np.empty((n, k))
     for start in _batches(n, batch_size, "features → ΦᵀΦ", progress):
@@ -114,9 +116,10 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
     if sum_across is not None:
         gram, h = sum_across((gram, h))
     seconds["gram pass"] = time.perf_counter() - start_time
+    cpu_seconds["gram pass"] = time.process_time() - start_cpu
 
     # Factorization of the Gram (the same on every process).
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     s_all, U = np.linalg.eigh(gram)
     if s_all[-1] <= 0 or s_all[0] < -1e-5 * s_all[-1]:
         raise ValueError(f"features Gram ΦᵀΦ: expected positive semi-definite with a positive eigenvalue, got "
@@ -142,9 +145,10 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
                            discrete=discrete, solver=solver, tol=tol, block_size=k, dtype=dtype)
     s_j, c_j = jnp.asarray(s, dtype), jnp.asarray(c, dtype)
     seconds["eigh"] = time.perf_counter() - start_time
+    cpu_seconds["eigh"] = time.process_time() - start_cpu
 
     # Pass 2: Z_b = Uᵀ Φ_bᵀ, per-sample changes of the batch against the full factorization.
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     fields = {"weight": [], "train": [], "self": [], "val": []}
     fitted = np.empty((n, k))
     for start in _batches(n, batch_size, "features → LOO", progress):
@@ -159,6 +163,7 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
             if name in out:
                 fields[name].append(np.asarray(out[name][0, 0]))
     seconds["loo pass"] = time.perf_counter() - start_time
+    cpu_seconds["loo pass"] = time.process_time() - start_cpu
     return StreamedLOO(
         weight_change_sq=np.concatenate(fields["weight"]),
         train_prediction_change_sq=np.concatenate(fields["train"]),
@@ -166,4 +171,4 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
         prediction_change_sq=np.concatenate(fields["val"]) if fields["val"] else None,
         fitted_residuals=fitted, outputs=outputs, n_val=n_val or 0, rank=r_dim, p=p,
         solver="schur" if plan.path.startswith("schur") else plan.path,
-        lr=float(lr), steps=float(steps), weight_decay=float(weight_decay), seconds=seconds)
+        lr=float(lr), steps=float(steps), weight_decay=float(weight_decay), seconds=seconds, cpu_seconds=cpu_seconds)

@@ -36,7 +36,8 @@ def test_rescorer_equals_from_scratch(by, rank, setting):
     assert rescore.fast == np.isfinite(setting["steps"])
     rng = np.random.default_rng(1)
     assert rescore.sizes == [40, 32, 24, 16]  # padded sizes: 27 kept -> 32 with 5 masked, 10 -> 16 with 6
-    for kept in (np.arange(40), np.sort(rng.choice(40, 27, replace=False)), np.array([0, 3, 4, 8, 13, 21, 22, 30, 31, 39])):
+    for kept in (np.arange(40), np.sort(rng.choice(40, 27, replace=False)),
+                 np.array([0, 3, 4, 8, 13, 21, 22, 30, 31, 39])):
         ours = rescore(kept)
         ref = _from_scratch(K, Kv, R, kept, by, **setting)
         assert ours.shape == (kept.size,)

@@ -133,9 +133,10 @@ class SubsetRescorer:
     ones up to the next size and those are masked out, K_m = D K D, r_m = D r, K_v,m = K_v D with
     D = diag(kept), so a whole removal sequence compiles at most once per ladder size while each
     eigh shrinks with the kept set. Masked samples have zero kernel rows, hence only zero
-    eigenvalues, which the rank cut-off drops exactly as the sliced problem would. The filter's partial fractions (``ntk_info.rational``) are fitted once on
-    [0, λ_max(K)], which covers every kept subset (a principal submatrix's eigenvalues interlace,
-    λ_max(K_m) ≤ λ_max(K)). Each step is then one n × n eigh and the batched Woodbury LOO. Where the
+    eigenvalues, which the rank cut-off drops exactly as the sliced problem would. The filter's
+    partial fractions (``ntk_info.rational``) are fitted once on [0, λ_max(K)], which covers every
+    kept subset (a principal submatrix's eigenvalues interlace, λ_max(K_m) ≤ λ_max(K)). Each step
+    is then one eigh of the padded size and the batched Woodbury LOO. Where the
     filter has no verified fit (t = ∞, or η·t·λ_max beyond ~1e5) every call slices the kept kernel
     and runs ``leave_one_out`` from scratch instead (``fast`` is False).
 

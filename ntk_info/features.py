@@ -112,7 +112,7 @@ class Projection:
         inputs = _check_inputs(inputs, "inputs")
         k = _check_apply(self.apply_fn, self.params, inputs)
         n = inputs.shape[0]
-        devices = jax.devices()
+        devices = jax.local_devices()  # this process's: a multi-process run shards samples by process
         batch_size = _resolve_batch_size(batch_size, n, k, sum(self.leaf_dims), len(devices),
                                          jnp.result_type(*jax.tree_util.tree_leaves(self.params)).itemsize)
         mesh = Mesh(np.array(devices), ("batch",))

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
 # jax ≥ 0.6 has jax.enable_x64; 0.4.35 (the neural-tangents extra's JAX) has it under experimental
@@ -64,7 +65,7 @@ except ImportError:
 from ntk_info import rational, secular
 from ntk_info.dynamics import _check_settings, _warn_unstable, filter_values
 
-__all__ = ["LOOResult", "leave_one_out", "DTYPES", "LOSSES"]
+__all__ = ["LOOResult", "leave_one_out", "DTYPES", "LOSSES", "SamplePlan", "per_sample_plan", "sample_changes"]
 
 DTYPES = ("float64", "float32")  # engine precision; float64 is the default whatever jax_enable_x64 says
 LOSSES = ("sum", "mean")
@@ -371,9 +372,8 @@ def _schur_primal_sample(i, s, T, R, c, Bv, lams, *, kb, return_coords):
     return jax.tree_util.tree_map(lambda x: x[None], out)
 
 
-@functools.partial(jax.jit, static_argnames=("path", "kb", "return_coords"))
-def _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams, *, path, kb, return_coords):
-    """t = ∞: all measures for the samples idx, vmapped, (chunk, 1, Gλ, ...)."""
+def _schur_device(idx, s, T, R, c, Bv, V, s_all, rho, lams, path, kb, return_coords):
+    """t = ∞ on one device: all measures for the samples idx, vmapped, (chunk, 1, Gλ, ...)."""
     if path == "schur_dual":
         one = functools.partial(_schur_dual_sample, s=s, T=T, Bv=Bv, V=V, s_all=s_all, rho=rho, lams=lams,
                                 kb=kb, return_coords=return_coords)
@@ -391,10 +391,37 @@ def _downdate_device(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, re
     return jax.lax.map(one, ids)
 
 
-# The sample axis split over all devices: (devices, chunk/devices) ids, everything else broadcast.
-# pmap rather than shard_map: XLA 0.4.35's SPMD partitioner aborts on the root finder's while loops
-# inside a manual (shard_map) region ("hlo_sharding_util ... !to_merge.IsManual()").
-_downdate_devices = jax.pmap(_downdate_device, in_axes=(0,) + (None,) * 10, static_broadcasted_argnums=(11, 12))
+@functools.lru_cache(maxsize=None)
+def _split_over_devices(per_device, num_args, static):
+    """jit(shard_map(per_device)): sample ids (first argument, a multiple of the local device count)
+    split over the local devices, every other argument replicated, outputs concatenated along
+    samples. ``static`` are the trailing hashable arguments (closed over). Each process uses its own
+    devices (a multi-process run gives each process its own samples, ``ntk_info.distributed``).
+
+    JAX 0.4.35 (the neural-tangents extra's) has no jax.shard_map, and its SPMD partitioner aborts on
+    the secular root finder's while loops inside a manual region ("hlo_sharding_util ...
+    !to_merge.IsManual()"; measured for k = 1): there the same split is a pmap over (devices, ids/devices).
+    """
+    call = lambda ids, *args: per_device(ids, *args, *static)  # noqa: E731
+    devices = jax.local_devices()
+    if not hasattr(jax, "shard_map"):
+        mapped = jax.pmap(call, in_axes=(0,) + (None,) * (num_args - 1), devices=devices)
+
+        def split(ids, *args):
+            out = mapped(ids.reshape(len(devices), -1), *args)
+            return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+        return split
+    mesh = Mesh(np.array(devices), ("samples",))
+    specs = (PartitionSpec("samples"),) + (PartitionSpec(),) * (num_args - 1)
+    return jax.jit(jax.shard_map(call, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("samples"),
+                                 check_vma=False))
+
+
+def _downdate_devices(ids, s, T, R, c, Bv, lr, steps, lams, tol, discrete, kb, return_coords):
+    """``_downdate_device`` with the ids split over the local devices."""
+    return _split_over_devices(_downdate_device, 11, (kb, return_coords))(ids, s, T, R, c, Bv, lr, steps, lams, tol,
+                                                                           discrete)
 
 
 def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shape, return_coords):
@@ -431,7 +458,94 @@ def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shap
     return jax.tree_util.tree_map(lambda x: x.reshape((x.shape[0],) + grid_shape + x.shape[2:]), out)
 
 
-_rational_devices = jax.pmap(_rational_device, in_axes=(0,) + (None,) * 8, static_broadcasted_argnums=(9, 10, 11))
+def _rational_devices(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shape, return_coords):
+    """``_rational_device`` with the ids split over the local devices."""
+    return _split_over_devices(_rational_device, 9, (kb, grid_shape, return_coords))(ids, s, T, R, c, Bv, consts,
+                                                                                      poles, residues)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePlan:
+    """How the per-sample changes are solved (``per_sample_plan``): ``path`` "rational", "downdate",
+    "schur_dual" or "schur_primal"; ``fractions`` (consts, poles, residues) for "rational"; the
+    training settings as 1-D grids; ``tol`` the rank cut-off; ``block_size`` rows per sample."""
+
+    path: str
+    fractions: Any
+    lr: float
+    steps: np.ndarray
+    weight_decay: np.ndarray
+    discrete: bool
+    tol: float
+    block_size: int
+    dtype: Any
+
+
+def per_sample_plan(s_max, *, basis, lr, steps, weight_decay, discrete, solver, tol, block_size, dtype) -> SamplePlan:
+    """Choose the per-sample solver once for a spectrum with largest eigenvalue ``s_max`` (see
+    ``leave_one_out``'s solver table): Schur when every step count is inf, else verified partial
+    fractions unless ``solver="downdate"`` or no fit verifies; ``steps``/``weight_decay`` 1-D grids."""
+    steps_grid = np.atleast_1d(np.asarray(steps, dtype=float))
+    lams = np.atleast_1d(np.asarray(weight_decay, dtype=float))
+    all_inf = bool(np.all(np.isinf(steps_grid)))
+    path = "downdate" if not all_inf else ("schur_dual" if basis == "dual" else "schur_primal")
+    fractions = None
+    if path == "downdate" and solver != "downdate":
+        fractions = _partial_fractions(float(s_max), float(lr), steps_grid, lams, bool(discrete), dtype)
+        if fractions is None and solver == "rational":
+            raise ValueError("solver: 'rational' found no verified partial-fraction form of the filter for every "
+                             "grid point (t = ∞ with weight_decay = 0, or η·t·λmax too large); "
+                             "use solver='auto'.")
+        path = "rational" if fractions is not None else path
+    return SamplePlan(path, fractions, float(lr), steps_grid, lams, bool(discrete), float(tol), int(block_size),
+                      dtype)
+
+
+def sample_changes(plan: SamplePlan, s, T, R, c, Bv, *, V=None, s_all=None, return_coords=False, chunk_size=None,
+                   progress=True) -> dict:
+    """Per-sample LOO measures of the n = T.shape[1]/block_size samples whose U-coordinates are the
+    columns of T (r, N) (module docstring: Z_i = T[:, B_i]), residuals R (N, q), c = Uᵀ Φᵀ r of the
+    full data (r, q), B_v (M, r) or None; ``V``/``s_all`` the full dual eigenbasis for "schur_dual".
+    T and R may hold any subset of the samples (a batch of a streamed pass): the factorization (s, c)
+    is the full data's. Chunks of ``chunk_size`` samples (default: a ~1.6 GB budget) are split over
+    the local devices. Returns {"weight", "train", "self"[, "val", "coords"]}, each (Gt, Gλ, n, ...).
+    """
+    kb, dtype, path = plan.block_size, plan.dtype, plan.path
+    steps_grid, lams = plan.steps, plan.weight_decay
+    r_dim, q = c.shape
+    n = T.shape[1] // kb
+    rho = V.T @ R if path == "schur_dual" else None
+    if chunk_size is None:
+        if path == "rational":
+            n_poles = int(plan.fractions[1].shape[1])
+            per_sample = 16 * len(steps_grid) * len(lams) * r_dim * (n_poles * (kb + q) + 2 * q)
+        else:
+            per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
+        chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
+    devices = jax.local_device_count()
+    chunk_size = int(min(max(1, chunk_size), n))
+    chunk_size = -(-chunk_size // devices) * devices  # a multiple of the device count (padded)
+    starts = range(0, n, chunk_size)
+    pieces = []
+    lr_j, steps_j, lams_j = jnp.asarray(plan.lr, dtype), jnp.asarray(steps_grid, dtype), jnp.asarray(lams, dtype)
+    for start in tqdm(starts, desc="leave-one-out", disable=not progress or len(starts) == 1):
+        idx = np.arange(start, start + chunk_size)
+        valid = int(np.sum(idx < n))
+        idx = jnp.asarray(np.minimum(idx, n - 1))  # pad the last chunk (same shape: no retrace)
+        if path == "rational":
+            out = _rational_devices(idx, s, T, R, c, Bv, *plan.fractions, kb, (len(steps_grid), len(lams)),
+                                    bool(return_coords))
+        elif path == "downdate":
+            out = _downdate_devices(idx, s, T, R, c, Bv, lr_j, steps_j, lams_j, jnp.asarray(plan.tol, dtype),
+                                    jnp.asarray(plan.discrete), kb, bool(return_coords))
+        else:
+            out = _split_over_devices(_schur_device, 10, (path, kb, bool(return_coords)))(
+                idx, s, T, R, c, Bv, V, s_all, rho, lams_j)
+        pieces.append(jax.tree_util.tree_map(lambda x, v=valid: x[:v], out))
+    out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
+    if path.startswith("schur"):  # Schur outputs carry a length-1 steps axis; broadcast to the steps grid
+        out = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (x.shape[0], len(steps_grid)) + x.shape[2:]), out)
+    return jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), out)  # (Gt, Gλ, n, ...)
 
 
 def _partial_fractions(s_max, lr, steps_grid, lams, discrete, dtype):
@@ -603,50 +717,12 @@ def leave_one_out(kernel=None, *, features=None, residuals, lr, steps, weight_de
     trained = phi_s[..., None] * c
     fitted = R - jnp.einsum("rn,tlrq->tlnq", T, trained)
 
-    path = "downdate" if not all_inf else ("schur_dual" if basis == "dual" else "schur_primal")
-    fractions = None
-    if path == "downdate" and solver != "downdate":
-        fractions = _partial_fractions(float(s[-1]), float(lr), steps_grid, lams, bool(discrete), dtype)
-        if fractions is None and solver == "rational":
-            raise ValueError("solver: 'rational' found no verified partial-fraction form of the filter for every "
-                             "grid point (t = ∞ with weight_decay = 0, or η·t·λmax too large); "
-                             "use solver='auto'.")
-        path = "rational" if fractions is not None else path
-    # Full dual eigenbasis only for dual Schur (same signature for all downdates: one compilation per shape).
-    V, s_all, rho = (fac.V, fac.s_all, fac.V.T @ R) if path == "schur_dual" else (None, None, None)
-    if chunk_size is None:
-        if path == "rational":
-            n_poles = int(fractions[1].shape[1])
-            per_sample = 16 * len(steps_grid) * len(lams) * r_dim * (n_poles * (kb + q) + 2 * q)
-        else:
-            per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
-        chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
-    devices = jax.device_count()
-    chunk_size = int(min(max(1, chunk_size), n))
-    chunk_size = -(-chunk_size // devices) * devices  # a multiple of the device count (padded)
-    starts = range(0, n, chunk_size)
-    pieces = []
-    lr_j, steps_j, lams_j = jnp.asarray(lr, dtype), jnp.asarray(steps_grid, dtype), jnp.asarray(lams, dtype)
-    for start in tqdm(starts, desc="leave-one-out", disable=not progress or len(starts) == 1):
-        idx = np.arange(start, start + chunk_size)
-        valid = int(np.sum(idx < n))
-        idx = jnp.asarray(np.minimum(idx, n - 1))  # pad the last chunk (same shape: no retrace)
-        if path == "rational":
-            out = _rational_devices(idx.reshape(devices, -1), s, T, R, c, Bv, *fractions, kb,
-                                    (len(steps_grid), len(lams)), bool(return_coords))
-            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
-        elif path == "downdate":
-            out = _downdate_devices(idx.reshape(devices, -1), s, T, R, c, Bv, lr_j, steps_j, lams_j,
-                                    jnp.asarray(tol, dtype), jnp.asarray(bool(discrete)), kb, bool(return_coords))
-            out = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
-        else:
-            out = _schur_chunk(idx, s, T, R, c, Bv, V, s_all, rho, lams_j, path=path, kb=kb,
-                               return_coords=bool(return_coords))
-        pieces.append(jax.tree_util.tree_map(lambda x, v=valid: x[:v], out))
-    out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
-    if all_inf:  # Schur outputs carry a length-1 steps axis; broadcast to the steps grid
-        out = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (x.shape[0], len(steps_grid)) + x.shape[2:]), out)
-    out = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 2), out)  # (Gt, Gλ, n, ...)
+    plan = per_sample_plan(float(s[-1]), basis=basis, lr=lr, steps=steps_grid, weight_decay=lams, discrete=discrete,
+                           solver=solver, tol=tol, block_size=kb, dtype=dtype)
+    path = plan.path
+    V, s_all = (fac.V, fac.s_all) if path == "schur_dual" else (None, None)
+    out = sample_changes(plan, s, T, R, c, Bv, V=V, s_all=s_all, return_coords=return_coords, chunk_size=chunk_size,
+                         progress=progress)
 
     if loss == "mean":  # d_i = [φ_n(s) - φ_{n-1}(s)]∘c + d_i^{(n-1)}; every measure is recomputed from d_i
         offset = _mean_loss_offset(s, c, float(lr_user), jnp.asarray(steps_grid, dtype), jnp.asarray(lams_user, dtype),

@@ -477,11 +477,14 @@ class Pipeline:
         """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
 
         Features (and f0) do not depend on which samples are kept: computed once with the same
-        projection as :meth:`score`, then ``ntk_info.scorer.score_features`` on ``phi[kept]`` — the
-        code path of ``score``, so rescoring all samples reproduces :meth:`score`.
+        projection as :meth:`score`. With one shared (trace, or k = 1) kernel the kept subsets are
+        rescored by ``ntk_info.apps.summarize.SubsetRescorer`` (masked fixed shapes, one filter fit:
+        no recompilation per step; equal to scoring the kept subset from scratch); otherwise
+        ``ntk_info.scorer.score_features`` on ``phi[kept]`` — the code path of ``score``.
         """
         import ntk_info
-        from ntk_info.scorer import score_features
+        from ntk_info.apps.summarize import SubsetRescorer
+        from ntk_info.scorer import kernel_for, score_features, trace_features
 
         c = self.config
         with self.stage("features for rescoring"):
@@ -491,6 +494,18 @@ class Pipeline:
             phi_val = feats.projection.features(self.data.X_val, progress=False).phi
         options = self._score_options()
         options["kernel"] = self.kernel  # decided for the full set: the kept subsets keep the same kernel
+        n, k = feats.outputs.shape
+        if kernel_for(n, k, self.kernel) == "trace" or k == 1:
+            with self.stage("features for rescoring"):
+                phi, phi_v = trace_features(feats.phi), trace_features(phi_val)
+                rescore = SubsetRescorer(phi @ phi.T, self.Y - feats.outputs, phi_v @ phi.T, lr=self.lr,
+                                         steps=c.steps, weight_decay=c.weight_decay, discrete=True, by=by)
+
+            def fast_score_fn(kept):
+                with self.stage("rescoring (iterative)"):
+                    return rescore(kept)
+
+            return fast_score_fn
 
         def score_fn(kept):
             kept = np.asarray(kept)

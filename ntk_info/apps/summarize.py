@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["STRATEGIES", "keep_masks", "iterative_keep_masks", "retrain_accuracy"]
+__all__ = ["STRATEGIES", "keep_masks", "iterative_keep_masks", "retrain_accuracy", "SubsetRescorer"]
 
 STRATEGIES = ("bottom", "bottom-iterative", "top", "random")
 
@@ -121,3 +121,125 @@ def retrain_accuracy(apply_fn: Callable, params0, X, Y, masks, X_test, y_test, *
     for start in tqdm(range(0, masks.shape[0], chunk), desc="retraining", unit="chunk", disable=not progress):
         result.append(np.asarray(accuracies(jnp.asarray(masks[start:start + chunk]))))
     return np.concatenate(result)
+
+
+class SubsetRescorer:
+    """Scores of any kept subset of the training samples, recomputed without retracing or refitting.
+
+    ``rescorer(kept)`` returns the scores that ``leave_one_out(kernel[kept][:, kept],
+    residuals=residuals[kept], cross_kernel=cross_kernel[:, kept], ...)`` gives (float64: equal to
+    round-off), for the iterative removal of ``iterative_keep_masks``. Shapes come from a fixed
+    ladder of sizes n, 0.7n, 0.49n, ... (multiples of 8): the kept samples are padded with removed
+    ones up to the next size and those are masked out, K_m = D K D, r_m = D r, K_v,m = K_v D with
+    D = diag(kept), so a whole removal sequence compiles at most once per ladder size while each
+    eigh shrinks with the kept set. Masked samples have zero kernel rows, hence only zero
+    eigenvalues, which the rank cut-off drops exactly as the sliced problem would. The filter's
+    partial fractions (``ntk_info.rational``) are fitted once on [0, λ_max(K)], which covers every
+    kept subset (a principal submatrix's eigenvalues interlace, λ_max(K_m) ≤ λ_max(K)). Each step
+    is then one eigh of the padded size and the batched Woodbury LOO. Where the
+    filter has no verified fit (t = ∞, or η·t·λ_max beyond ~1e5) every call slices the kept kernel
+    and runs ``leave_one_out`` from scratch instead (``fast`` is False).
+
+    ``by``: "fsi" (||K_v δ_i||²/(2m), SI paper eq. 16–17), "si" (½||Δw||², eq. 5) or
+    "loo_residual" (||y_i - f_{-i}(x_i)||). Kernel (n, n) (e.g. the trace kernel), residuals (n, q),
+    cross_kernel (m, n) (needed for "fsi").
+    """
+
+    def __init__(self, kernel, residuals, cross_kernel=None, *, lr, steps, weight_decay=0.0, discrete=False,
+                 by="fsi"):
+        import jax
+        import jax.numpy as jnp
+
+        from ntk_info.loo import per_sample_plan
+
+        if by not in ("fsi", "si", "loo_residual"):
+            raise ValueError(f"by: expected 'fsi', 'si' or 'loo_residual', got {by!r}")
+        kernel = np.asarray(kernel, np.float64)
+        n = kernel.shape[0]
+        if kernel.shape != (n, n):
+            raise ValueError(f"kernel: expected a square (n, n) kernel, got shape {kernel.shape}")
+        residuals = np.asarray(residuals, np.float64)
+        residuals = residuals[:, None] if residuals.ndim == 1 else residuals
+        if residuals.shape[0] != n or residuals.ndim != 2:
+            raise ValueError(f"residuals: expected shape (n,) or (n, q) with n = {n}, got {residuals.shape}")
+        if by == "fsi" and cross_kernel is None:
+            raise ValueError("cross_kernel: by='fsi' needs the validation cross kernel K(X_v, X) (m, n), got None")
+        if cross_kernel is not None and np.shape(cross_kernel)[1:] != (n,):
+            raise ValueError(f"cross_kernel: expected shape (m, {n}), got {np.shape(cross_kernel)}")
+        self.n, self.by = n, by
+        self.dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+        s_max = float(np.linalg.eigvalsh(kernel)[-1])
+        self.plan = per_sample_plan(s_max, basis="dual", lr=lr, steps=steps, weight_decay=weight_decay,
+                                    discrete=discrete, solver="auto", tol=0.0, block_size=1, dtype=self.dtype)
+        self.fast = self.plan.path == "rational"
+        self._settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, discrete=discrete)
+        self._inputs = (kernel, residuals, None if cross_kernel is None else np.asarray(cross_kernel, np.float64))
+        self.kernel = jnp.asarray(kernel, self.dtype)
+        self.residuals = jnp.asarray(residuals, self.dtype)
+        self.cross = None if cross_kernel is None or by != "fsi" else jnp.asarray(cross_kernel, self.dtype)
+        self.m = 0 if cross_kernel is None else int(np.shape(cross_kernel)[0])
+        self._factor = jax.jit(self._masked_factor)
+        self.sizes = [n]
+        while self.sizes[-1] > 16:
+            self.sizes.append(max(8, -(-int(0.7 * self.sizes[-1]) // 8) * 8))
+
+    def _masked_factor(self, mask, kernel, residuals, cross):
+        """U-coordinates of the masked problem at full size: dropped eigenpairs zeroed, not cut."""
+        import jax.numpy as jnp
+
+        from ntk_info.dynamics import filter_values
+
+        plan = self.plan
+        km = kernel * mask[:, None] * mask[None, :]
+        rm = residuals * mask[:, None]
+        s_all, V = jnp.linalg.eigh(km)
+        tol = jnp.sum(mask) * jnp.finfo(km.dtype).eps * s_all[-1]  # leave_one_out's cut-off with N = n_kept
+        keep = s_all > tol
+        s = jnp.where(keep, s_all, 0.0)
+        root = jnp.sqrt(s)
+        T = root[:, None] * V.T  # (n, n): rows of dropped eigenpairs are zero
+        c = T @ rm
+        Bv = None if cross is None else (cross * mask[None, :]) @ V * jnp.where(keep, 1.0 / jnp.where(keep, root, 1.0),
+                                                                                  0.0)
+        phi = filter_values(s + plan.weight_decay[0], lr=plan.lr, steps=plan.steps[0], discrete=plan.discrete)
+        fitted = rm - T.T @ (jnp.where(keep, phi, 0.0)[:, None] * c)
+        return s, T, rm, c, Bv, fitted
+
+    def __call__(self, kept) -> np.ndarray:
+        """Scores (len(kept),) of the samples ``kept`` (indices), computed on the kept samples only."""
+        import jax.numpy as jnp
+
+        from ntk_info.loo import sample_changes
+
+        kept = np.asarray(kept)
+        if not self.fast:
+            return self._from_scratch(kept)
+        size = min(b for b in self.sizes if b >= kept.size)
+        removed = np.setdiff1d(np.arange(self.n), kept)
+        rows = jnp.asarray(np.concatenate([kept, removed[: size - kept.size]]))
+        mask = jnp.asarray(np.arange(size) < kept.size, self.dtype)
+        s, T, R, c, Bv, fitted = self._factor(mask, self.kernel[rows][:, rows], self.residuals[rows],
+                                              None if self.cross is None else self.cross[:, rows])
+        out = sample_changes(self.plan, s, T, R, c, Bv, chunk_size=size, progress=False)
+        first = slice(0, kept.size)
+        if self.by == "fsi":
+            return np.asarray(out["val"][0, 0])[first] / (2.0 * self.m)
+        if self.by == "si":
+            return 0.5 * np.asarray(out["weight"][0, 0])[first]
+        loo_res = np.asarray(fitted)[first] + np.asarray(out["self"][0, 0])[first]
+        return np.linalg.norm(loo_res, axis=1)
+
+    def _from_scratch(self, kept):
+        """The kept kernel sliced and ``leave_one_out`` run on it (filters without a verified fit)."""
+        from ntk_info.loo import leave_one_out
+
+        kernel, residuals, cross = self._inputs
+        loo = leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], progress=False,
+                            cross_kernel=None if cross is None or self.by != "fsi" else cross[:, kept],
+                            **self._settings)
+        if self.by == "fsi":
+            return np.asarray(loo.prediction_change_sq) / (2.0 * self.m)
+        if self.by == "si":
+            return 0.5 * np.asarray(loo.weight_change_sq)
+        loo_res = np.asarray(loo.fitted_residuals) + np.asarray(loo.self_prediction_change)
+        return np.linalg.norm(loo_res.reshape(kept.size, -1), axis=1)

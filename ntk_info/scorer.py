@@ -36,6 +36,7 @@ class ScoreResult:
     ``loo_loss`` (n,): ½||y_i - f_{-i}(x_i)||². ``kernel_diagonal_stats``: min/median/mean/max of
     the projected kernel diagonal tr K_ii = ||Φ_i||² (a cheap scale check; the projection error itself
     needs the exact NTK, see ``ntk_info.kernel_relative_error``). ``settings``: every setting and timings.
+    ``trust``: the evidence of ``ntk_info.trust`` (verdict, gap, drift, spot check), None when skipped.
     """
 
     si: np.ndarray
@@ -52,6 +53,7 @@ class ScoreResult:
     kernel_diagonal_stats: dict
     settings: dict
     projection: Any = dataclasses.field(default=None, repr=False, compare=False)
+    trust: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """Per-sample arrays by name ((n,) or (n, k)); fsi / prediction_change_sq only when X_val was given."""
@@ -134,7 +136,7 @@ def _check_scalar(value, name, *, allow_inf=False, minimum=0.0, strict=False):
 
 def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
-          sigma=1.0, sgd_batch_size=None, targets=None, progress=True) -> ScoreResult:
+          sigma=1.0, sgd_batch_size=None, targets=None, progress=True, trust_samples=8, Y_val=None) -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
@@ -153,6 +155,10 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "trace"  output-averaged kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩ (neural-tangents
                  trace_axes=(-1,)), shared by k independent outputs: features (n, k·p)/√k.
         "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
+
+    ``trust_samples`` = m > 0: ``result.trust`` = ``ntk_info.trust`` (train the real network, retrain it
+    without m samples spread over the score's quantiles, verdict); needs finite integer ``steps``; 0
+    skips it. ``Y_val``: validation targets, for the validation accuracy in ``result.trust``.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -200,7 +206,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "seconds_features": t_features - t_start, "seconds_val_features": t_val - t_features,
         "seconds_loo": t_loo - t_val, "seconds_total": time.perf_counter() - t_start,
     }
-    return ScoreResult(
+    result = ScoreResult(
         si=np.asarray(_scores.si_isotropic(loo, sigma)),
         si_langevin=np.asarray(_scores.si_langevin(loo, lr=lr, batch_size=sgd_batch_size,
                                                    weight_decay=weight_decay, sigma=sigma)),
@@ -214,3 +220,11 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
                                "mean": float(diag.mean()), "max": float(diag.max())},
         settings=settings, projection=feats.projection,
     )
+    if not trust_samples:
+        return result
+    from .evidence import trust
+
+    evidence = trust(apply_fn, params, X, Y, X_val, Y_val, result=result, lr=lr, steps=steps,
+                     weight_decay=weight_decay, samples=trust_samples, seed=seed, progress=progress)
+    settings["seconds_trust"] = evidence["seconds"]["total"]
+    return dataclasses.replace(result, trust=evidence)

@@ -25,6 +25,7 @@ import math
 import time
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -159,7 +160,10 @@ def verdict(figures: dict) -> tuple[str, list, list]:
     other_r = (spot.get(other_name) or {}).get("pearson") if other_name else None
     gap, margin, drift = figures.get("linearization_gap"), figures.get("stability_margin"), figures.get("kernel_drift")
     reasons, advice = [], []
-    failed = False
+    failed = bool(figures.get("diverged"))
+    if failed:
+        reasons.append(f"the real network diverged (non-finite weights) at this lr: lr·(λ_max(w0) + λ)/2 = "
+                       f"{_fmt(figures.get('stability_margin_init'))}")
     if main_r is not None and main_r < T["failed_pearson"]:
         failed = True
         reasons.append(f"spot check: {spot.get('ranked_by', 'score')} predicted vs retrained Pearson {main_r:.2f} "
@@ -194,8 +198,8 @@ def verdict(figures: dict) -> tuple[str, list, list]:
     else:
         result = "caution"
         reasons.extend(text for ok, text in checks if not ok)
-    if margin is not None and margin > T["trusted_margin"]:
-        advice.append(f"lower the learning rate: lr·(λ_max(trained) + λ)/2 = {margin:.2f}; keep it below "
+    if figures.get("diverged") or (margin is not None and margin > T["trusted_margin"]):
+        advice.append(f"lower the learning rate: lr·(λ_max(trained) + λ)/2 = {_fmt(margin)}; keep it below "
                       f"{T['trusted_margin']}, i.e. lr ≤ {_fmt(figures.get('lr_for_margin'))}")
     if (drift is not None and drift > T["trusted_drift"]) or (gap is not None and gap > T["trusted_gap"]) or failed:
         advice.append("start from pretrained weights (pretrain on related data, fresh head): the kernel then moves "
@@ -292,6 +296,39 @@ def _check_request(result, X, X_val, lr, steps, weight_decay, loss, samples):
                          f"{samples!r}")
 
 
+def _trained_figures(apply_fn, projection, trained, init, init_val, X, X_val, Yf, Yf_val, lin_train, lin_val, *,
+                     lmax0, lr, weight_decay, batch, seed, progress):
+    """Gap, accuracy, kernel drift and trained-kernel λ_max once the real network w_T is trained."""
+    n, k = Yf.shape
+    final = dataclasses.replace(projection, params=trained).features(X, batch_size=batch, progress=progress)
+    drift = kernel_drift(init.phi, final.phi, seed=seed)
+    lmax_t = largest_eigenvalue(final.phi)
+    f0, f_t = np.asarray(init.outputs, np.float64), np.asarray(final.outputs, np.float64)
+    f_lin = f0 + np.asarray(lin_train).reshape(n, k)
+    gap_train = np.linalg.norm(f_lin - f_t) / np.linalg.norm(f_t - f0)
+    gap = gap_train
+    if X_val is not None:
+        f0_val = np.asarray(init_val.outputs, np.float64)
+        f_t_val = np.asarray(apply_fn(trained, jnp.asarray(X_val)), np.float64).reshape(f0_val.shape)
+        f_lin_val = f0_val + np.asarray(lin_val).reshape(f0_val.shape)
+        gap = np.linalg.norm(f_lin_val - f_t_val) / np.linalg.norm(f_t_val - f0_val)
+    accuracy = None
+    labels = _class_labels(Yf, k)
+    if labels is not None:
+        accuracy = {"real": {"train": float(np.mean(_predicted_labels(f_t) == labels)), "val": None},
+                    "linearized": {"train": float(np.mean(_predicted_labels(f_lin) == labels)), "val": None}}
+        labels_val = None if Yf_val is None else _class_labels(Yf_val, k)
+        if labels_val is not None:
+            accuracy["real"]["val"] = float(np.mean(_predicted_labels(f_t_val) == labels_val))
+            accuracy["linearized"]["val"] = float(np.mean(_predicted_labels(f_lin_val) == labels_val))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"linearization_gap": _finite(gap), "linearization_gap_train": _finite(gap_train), "accuracy": accuracy,
+                "kernel_drift": _finite(drift["drift"]), "kernel_drift_rows": drift["rows"],
+                "lambda_max_trained": lmax_t, "lambda_max_ratio": _finite(lmax_t / lmax0),
+                "stability_margin": lr * (lmax_t + weight_decay) / 2,
+                "lr_for_margin": 2 * THRESHOLDS["trusted_margin"] / (lmax_t + weight_decay)}
+
+
 def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, steps, weight_decay=0.0, samples=12,
           seed=0, loss="sum", progress=False) -> dict:
     """Measured evidence that ``result`` (``ntk_info.score`` on these data) holds for the real network.
@@ -339,56 +376,34 @@ def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, st
     ranked_by = "fsi" if result.fsi is not None else "si"
     picks = quantile_picks(result.fsi if result.fsi is not None else result.si, samples)
     brute = brute_force_loo(apply_fn, params, X, Yf, lr=float(lr), steps=int(round(float(steps))),
-                            weight_decay=float(weight_decay), subset=picks, X_val=X_val, chunk_size=min(int(samples), 16), progress=progress)
+                            weight_decay=float(weight_decay), subset=picks, X_val=X_val,
+                            chunk_size=min(int(samples), 16), progress=progress)
     trained = brute.params
     t_train = time.perf_counter()
 
-    final = dataclasses.replace(projection, params=trained).features(X, batch_size=batch, progress=progress)
-    drift = kernel_drift(init.phi, final.phi, seed=seed)
-    lmax0, lmax_t = largest_eigenvalue(init.phi), largest_eigenvalue(final.phi)
-    t_drift = time.perf_counter()
-
-    f0, f_t = np.asarray(init.outputs, np.float64), np.asarray(final.outputs, np.float64)
-    f_lin = f0 + np.asarray(lin_train).reshape(n, k)
-    gap_train = np.linalg.norm(f_lin - f_t) / np.linalg.norm(f_t - f0)
-    if X_val is not None:
-        f0_val = np.asarray(init_val.outputs, np.float64)
-        f_t_val = np.asarray(apply_fn(trained, jnp.asarray(X_val)), np.float64).reshape(f0_val.shape)
-        f_lin_val = f0_val + np.asarray(lin_val).reshape(f0_val.shape)
-        gap = np.linalg.norm(f_lin_val - f_t_val) / np.linalg.norm(f_t_val - f0_val)
-    else:
-        gap = gap_train
-
-    accuracy = None
-    labels = _class_labels(Yf, k)
-    if labels is not None:
-        accuracy = {"real": {"train": float(np.mean(_predicted_labels(f_t) == labels)), "val": None},
-                    "linearized": {"train": float(np.mean(_predicted_labels(f_lin) == labels)), "val": None}}
-        labels_val = None if Yf_val is None else _class_labels(Yf_val, k)
-        if labels_val is not None:
-            accuracy["real"]["val"] = float(np.mean(_predicted_labels(f_t_val) == labels_val))
-            accuracy["linearized"]["val"] = float(np.mean(_predicted_labels(f_lin_val) == labels_val))
-
-    spot = {"samples": int(picks.size), "indices": picks.tolist(), "ranked_by": ranked_by,
-            "ranked_by_measure": "predictions" if ranked_by == "fsi" else "weights"}
-    measures = [("weights", result.weight_change_sq, brute.weight_change_sq)]
-    if X_val is not None:
-        measures.insert(0, ("predictions", result.prediction_change_sq, brute.prediction_change_sq))
-    for name, predicted, actual in measures:
-        predicted, actual = np.asarray(predicted, np.float64)[picks], np.asarray(actual, np.float64)
-        spot[name] = {"predicted": predicted.tolist(), "actual": actual.tolist(),
-                      **correlation_with_interval(predicted, actual, seed=seed)}
     wd = float(weight_decay)
-    figures = {
-        "linearization_gap": _finite(gap), "gap_inputs": "validation" if X_val is not None else "training",
-        "linearization_gap_train": _finite(gap_train), "accuracy": accuracy,
-        "kernel_drift": _finite(drift["drift"]), "kernel_drift_rows": drift["rows"],
-        "lambda_max_init": lmax0, "lambda_max_trained": lmax_t, "lambda_max_ratio": _finite(lmax_t / lmax0),
-        "stability_margin": float(lr) * (lmax_t + wd) / 2, "stability_margin_init": float(lr) * (lmax0 + wd) / 2,
-        "lr_for_margin": 2 * THRESHOLDS["trusted_margin"] / (lmax_t + wd),
-        "spot_check": spot,
-    }
-    figures["edge_of_stability"] = bool(figures["stability_margin"] >= THRESHOLDS["edge_margin"])
+    lmax0 = largest_eigenvalue(init.phi)
+    figures = dict.fromkeys(("linearization_gap", "linearization_gap_train", "accuracy", "kernel_drift",
+                             "kernel_drift_rows", "lambda_max_trained", "lambda_max_ratio", "stability_margin"))
+    figures.update({"gap_inputs": "validation" if X_val is not None else "training", "lambda_max_init": lmax0,
+                    "stability_margin_init": float(lr) * (lmax0 + wd) / 2,
+                    "lr_for_margin": 2 * THRESHOLDS["trusted_margin"] / (lmax0 + wd),
+                    "diverged": not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(trained)),
+                    "spot_check": {"samples": int(picks.size), "indices": picks.tolist(), "ranked_by": ranked_by,
+                                   "ranked_by_measure": "predictions" if ranked_by == "fsi" else "weights"}})
+    if not figures["diverged"]:
+        figures.update(_trained_figures(apply_fn, projection, trained, init, init_val, X, X_val, Yf, Yf_val,
+                                        lin_train, lin_val, lmax0=lmax0, lr=float(lr), weight_decay=wd, batch=batch, seed=seed,
+                                        progress=progress))
+        measures = [("weights", result.weight_change_sq, brute.weight_change_sq)]
+        if X_val is not None:
+            measures.insert(0, ("predictions", result.prediction_change_sq, brute.prediction_change_sq))
+        for name, predicted, actual in measures:
+            predicted, actual = np.asarray(predicted, np.float64)[picks], np.asarray(actual, np.float64)
+            figures["spot_check"][name] = {"predicted": predicted.tolist(), "actual": actual.tolist(),
+                                           **correlation_with_interval(predicted, actual, seed=seed)}
+    t_drift = time.perf_counter()
+    figures["edge_of_stability"] = figures["diverged"] or figures["stability_margin"] >= THRESHOLDS["edge_margin"]
     label, reasons, advice = verdict(figures)
     t_end = time.perf_counter()
     return {
@@ -398,6 +413,6 @@ def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, st
                      "seed": int(seed)},
         "thresholds": dict(THRESHOLDS),
         "seconds": {"features": t_features - t_start, "linearized": t_linearized - t_features,
-                    "train_and_retrain": t_train - t_linearized, "kernel_drift": t_drift - t_train,
+                    "train_and_retrain": t_train - t_linearized, "trained_features_and_drift": t_drift - t_train,
                     "total": t_end - t_start},
     }

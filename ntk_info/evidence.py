@@ -176,20 +176,12 @@ def verdict(figures: dict) -> tuple[str, list, list]:
         failed = True
         reasons.append(f"edge of stability: lr·(λ_max(trained) + λ)/2 = {margin:.2f} ≥ {T['edge_margin']} "
                        "(the kernel sharpened until GD barely stays stable)")
-    checks = [
-        (main_r is not None and main_r >= T["trusted_pearson"],
-         f"spot-check Pearson ({main_name}) {_fmt(main_r)} {'≥' if main_r is not None and main_r >= T['trusted_pearson'] else '<'} {T['trusted_pearson']}"),
-        (gap is not None and gap <= T["trusted_gap"],
-         f"linearization gap {_fmt(gap)} {'≤' if gap is not None and gap <= T['trusted_gap'] else '>'} {T['trusted_gap']}"),
-        (margin is not None and margin <= T["trusted_margin"],
-         f"stability margin {_fmt(margin)} {'≤' if margin is not None and margin <= T['trusted_margin'] else '>'} {T['trusted_margin']}"),
-        (drift is not None and drift <= T["trusted_drift"],
-         f"kernel drift {_fmt(drift)} {'≤' if drift is not None and drift <= T['trusted_drift'] else '>'} {T['trusted_drift']}"),
-    ]
+    checks = [_bound(f"spot-check Pearson ({main_name})", main_r, T["trusted_pearson"], at_least=True),
+              _bound("linearization gap", gap, T["trusted_gap"]),
+              _bound("stability margin", margin, T["trusted_margin"]),
+              _bound("kernel drift", drift, T["trusted_drift"])]
     if other_name:
-        ok = other_r is not None and other_r >= T["trusted_pearson_other"]
-        checks.insert(1, (ok, f"spot-check Pearson (weights) {_fmt(other_r)} {'≥' if ok else '<'} "
-                              f"{T['trusted_pearson_other']}"))
+        checks.insert(1, _bound("spot-check Pearson (weights)", other_r, T["trusted_pearson_other"], at_least=True))
     if failed:
         result = "not trusted"
     elif all(ok for ok, _ in checks):
@@ -212,6 +204,13 @@ def verdict(figures: dict) -> tuple[str, list, list]:
     if result == "trusted":
         advice.append("nothing to change; a larger spot check (more samples) narrows the interval")
     return result, reasons, advice
+
+
+def _bound(name, value, bound, at_least=False):
+    """(passes, "name value ≤ bound") for a "trusted" condition; a missing value (None) fails."""
+    ok = value is not None and (value >= bound if at_least else value <= bound)
+    sign = ("≥" if ok else "<") if at_least else ("≤" if ok else ">")
+    return ok, f"{name} {_fmt(value)} {sign if value is not None else 'vs'} {bound}"
 
 
 def _fmt(value):
@@ -393,8 +392,8 @@ def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, st
                                    "ranked_by_measure": "predictions" if ranked_by == "fsi" else "weights"}})
     if not figures["diverged"]:
         figures.update(_trained_figures(apply_fn, projection, trained, init, init_val, X, X_val, Yf, Yf_val,
-                                        lin_train, lin_val, lmax0=lmax0, lr=float(lr), weight_decay=wd, batch=batch, seed=seed,
-                                        progress=progress))
+                                        lin_train, lin_val, lmax0=lmax0, lr=float(lr), weight_decay=wd, batch=batch,
+                                        seed=seed, progress=progress))
         measures = [("weights", result.weight_change_sq, brute.weight_change_sq)]
         if X_val is not None:
             measures.insert(0, ("predictions", result.prediction_change_sq, brute.prediction_change_sq))

@@ -60,8 +60,10 @@ def test_small_net_at_the_stability_limit_is_not_trusted():
     assert any("lower the learning rate" in a for a in tr["advice"])
 
 
-def test_exactly_linear_model_has_no_gap_and_perfect_spot_check():
-    """f(x) = x @ W is its own linearization: gap 0, drift 0, the scores are exact leave-one-out."""
+@pytest.mark.parametrize("kernel", ["full", "trace"])
+def test_exactly_linear_model_has_no_gap_and_perfect_spot_check(kernel):
+    """f(x) = x @ W is its own linearization: gap 0, drift 0, the scores are exact leave-one-out (its NTK is
+    x_i·x_j δ_ab, so the output-averaged "trace" kernel is exact too)."""
     rng = np.random.default_rng(2)
     n, d, k = 20, 6, 2
     X, X_val = rng.normal(size=(n, d)), rng.normal(size=(9, d))
@@ -70,7 +72,7 @@ def test_exactly_linear_model_has_no_gap_and_perfect_spot_check():
     W0 = rng.normal(size=(d, k)) * 0.1
     lr = 0.3 / lambda_max(apply_fn, W0, X)
     res = ntk_info.score(apply_fn, W0, X, Y, X_val, lr=lr, steps=200, weight_decay=0.5, discrete=True,
-                         kernel="full", trust_samples=6, progress=False)
+                         kernel=kernel, trust_samples=6, progress=False)
     tr = res.trust
     assert tr["linearization_gap"] < 1e-8 and tr["linearization_gap_train"] < 1e-8
     assert tr["kernel_drift"] < 1e-12 and abs(tr["lambda_max_ratio"] - 1) < 1e-12
@@ -79,7 +81,7 @@ def test_exactly_linear_model_has_no_gap_and_perfect_spot_check():
         np.testing.assert_allclose(spot["predicted"], spot["actual"], rtol=1e-7)
         assert spot["pearson"] > 1 - 1e-10 and spot["spearman"] == pytest.approx(1.0)
     assert tr["accuracy"] is None  # regression targets
-    assert tr["verdict"] == "trusted"
+    assert tr["verdict"] == "trusted" and tr["settings"]["kernel"] == kernel
 
 
 def test_drift_uses_the_same_projection():

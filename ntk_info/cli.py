@@ -1,22 +1,34 @@
 """``ntk-info``: score every training sample, find bad ones, summarize a dataset, and report.
 
-Heavy modules (JAX, neural-tangents, which imports TensorFlow) are imported inside the subcommands,
-so ``ntk-info --help`` stays fast. Every subcommand writes CSV files and ``report.html`` into
-``--out``; errors print one line and exit with status 2.
+The command line only parses, calls and prints: every numerical decision (learning rate, kernel,
+damping, scores) lives in ``ntk_info.apps.pipeline``. Heavy modules (JAX) are imported inside the
+subcommands, so ``ntk-info --help`` stays fast.
+
+Order of a run: every argument and the data are validated first; then the run writes into a fresh
+temporary folder next to ``--out`` (``.<name>.ntk-info-partial-*``) and moves its files into ``--out``
+only when it has finished, listing them in ``--out/manifest.json``. ``--force`` replaces only files a
+previous run listed there; anything else in ``--out`` is left alone. User errors print one line
+``ntk-info: error: ...`` and exit with status 2; Ctrl-C prints one line and exits with 130.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import sys
+import tempfile
 import time
+
+from ntk_info.report import INCOMPLETE_MARKER, MANIFEST
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CLIError", "MANIFEST"]
 
 DESCRIPTION = """\
 Unique information of every training sample (SI, F-SI), computed in closed form on the
@@ -42,17 +54,25 @@ examples:
   ntk-info compare --data digits --subset-size 20 --out results/compare
   ntk-info report results/noise                                  (re-render report.html)
 
-Results: scores.csv (one row per training sample), detection.csv, summarize.csv, sources.csv,
-compare.csv, settings.json, report.html and figures/*.png in --out.
+Results: scores.csv (one row per training sample: row = its 0-based row in your data, label as you
+wrote it, label_code, scores), split.csv (which rows were train / validation / test), detection.csv,
+summarize.csv, sources.csv, compare.csv, settings.json, report.html, figures/*.png, and
+manifest.json (the files this run wrote) in --out.
 """
 
-RESULT_FILES = ("scores.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv", "settings.json",
-                "inputs.npz", "report.html", "figures")
+PARTIAL = ".ntk-info-partial-"
+# files and folders a run may write (checked against the user's own files before any work)
+RESULT_NAMES = ("scores.csv", "split.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv",
+                "settings.json", "inputs.npz", "report.html", "figures", MANIFEST)
 DETECT_METHODS = ("fsi", "si", "loo_residual", "influence", "mpe", "train_loss", "cleanlab")
 
 
-class CLIError(ValueError):
-    """A user error: printed as one line, exit status 2."""
+class CLIError(Exception):
+    """A user error: printed as one line ``ntk-info: error: ...``, exit status 2."""
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so the partial results are removed."""
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -80,279 +100,362 @@ class Stages:
 
 
 def _quiet_imports():
-    """Silence TensorFlow/absl log noise and turn on float64 before the first JAX computation."""
+    """Silence absl/JAX log noise and turn on float64 before the first JAX computation."""
     import logging
     import warnings
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     with contextlib.suppress(ImportError):
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.ERROR)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
-    # TensorFlow's C++ logger writes to fd 2 before absl is initialized, whatever TF_CPP_MIN_LOG_LEVEL says:
-    # hide stderr at the OS level while neural-tangents (and with it TensorFlow) is imported.
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        with contextlib.suppress(ImportError):
-            import neural_tangents  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     import jax
 
     jax.config.update("jax_enable_x64", True)
 
 
-def _prepare_out(out, force):
-    """Create ``out``; refuse a non-empty one without --force; with --force remove earlier results only."""
-    if os.path.isdir(out) and os.listdir(out):
-        if not force:
-            raise CLIError(f"output directory {out!r} exists and has files; pass --force to overwrite it")
-        for name in RESULT_FILES:
-            path = os.path.join(out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out!r} is a file, expected a directory")
-    os.makedirs(out, exist_ok=True)
+_OPTION_NAMES = {}  # library argument name -> CLI option, filled by build_parser
 
 
-def _floats(text, name):
+def _user_error(err: Exception) -> CLIError:
+    """A library ValueError as a CLI error; a leading 'name:' that is a CLI option becomes '--name:'."""
+    text = str(err)
+    match = re.match(r"(\w+): ", text)
+    if match and match.group(1) in _OPTION_NAMES:
+        text = _OPTION_NAMES[match.group(1)] + text[len(match.group(1)):]
+    return CLIError(text)
+
+
+def _floats(text, name, *, low=0.0, high=1.0):
+    """Comma-separated numbers, each in the open interval (low, high)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise CLIError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not low < v < high for v in values):
+        raise CLIError(f"{name}: expected numbers in ({low:g}, {high:g}), got {text!r}")
+    return values
 
 
-# ----------------------------------------------------------------------------- the pipeline
+def _check_int(value, name, minimum):
+    if value is not None and value < minimum:
+        raise CLIError(f"{name}: expected an integer >= {minimum}, got {value}")
 
 
-class Run:
-    """Data, model and training settings shared by the subcommands (built from the parsed arguments)."""
+def _check_fraction(value, name, *, allow_zero):
+    import math
+
+    if not (math.isfinite(value) and (0 < value < 1 or (allow_zero and value == 0))):
+        interval = "0 (off) or a number in (0, 1)" if allow_zero else "a number in (0, 1)"
+        raise CLIError(f"{name}: expected {interval}, got {value}")
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(out):
+    """{relative path: entry} of the files a previous run wrote into ``out`` ({} when there is no manifest)."""
+    path = os.path.join(out, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+        return files
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CLIError(f"--out {out!r}: {MANIFEST} is unreadable, so which files ntk-info wrote is unknown; "
+                       "choose another --out or move that folder away") from None
+
+
+def write_manifest(folder, files, command):
+    """Write ``folder/manifest.json``: every file's size and SHA-256 (relative paths), last of a run."""
+    entries = {}
+    for rel in sorted(files):
+        path = os.path.join(folder, rel)
+        entries[rel] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    from ntk_info import __version__
+
+    with open(os.path.join(folder, MANIFEST), "w") as handle:
+        json.dump({"tool": "ntk-info", "version": __version__, "command": command, "complete": True,
+                   "files": entries}, handle, indent=1)
+
+
+class Output:
+    """The results of one run: written into a fresh folder next to ``out``, moved into ``out`` by :meth:`commit`.
+
+    Validates ``out`` when created (before any work): a path, not a file, no file in its parents,
+    writable, empty or ``force``; no file of the user's own (not in a previous manifest) where this
+    run writes.
+    """
+
+    def __init__(self, out, force, command):
+        self.tmp, self.state = None, "validating"
+        if not out or not out.strip():
+            raise CLIError("--out: expected a directory path, got an empty string")
+        self.out, self.command = os.path.abspath(out), command
+        parent = os.path.dirname(self.out)
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise CLIError(f"--out {out!r} is a file, expected a directory")
+        probe = parent
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise CLIError(f"--out {out!r}: {probe!r} is a file, so no folder can be created below it")
+        self.old = {}
+        if os.path.isdir(self.out) and os.listdir(self.out):
+            if not force:
+                raise CLIError(f"output directory {out!r} exists and has files; pass --force to overwrite the "
+                               "results of an earlier run (files ntk-info did not write are kept)")
+            self.old = _read_manifest(self.out)
+            for name in RESULT_NAMES:
+                path = os.path.join(self.out, name)
+                if name == "figures" and os.path.exists(path) and not os.path.isdir(path):
+                    raise CLIError(f"--out {out!r}: {path!r} is a file of yours where ntk-info writes its figures "
+                                   "folder; move it away or choose another --out")
+                if name != "figures" and os.path.lexists(path) and name not in self.old and name != MANIFEST:
+                    raise CLIError(f"--out {out!r}: {path!r} was not written by ntk-info (not in {MANIFEST}); "
+                                   "move it away or choose another --out")
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}{PARTIAL}", dir=parent)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would become --out's mode
+        except OSError as err:
+            raise CLIError(f"--out {out!r}: cannot write there ({err.strerror or err})") from None
+        self.state = "writing"
+        with open(os.path.join(self.tmp, INCOMPLETE_MARKER), "w") as handle:
+            handle.write(f"ntk-info {command}: this folder holds the results of a run that has not finished (or was "
+                         f"interrupted); finished results are moved to {self.out}\n")
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def write_csv(self, name, rows):
+        from ntk_info.report import write_csv
+
+        write_csv(self.path(name), rows)
+
+    def _files(self):
+        found = []
+        for root, _, files in os.walk(self.tmp):
+            found += [os.path.relpath(os.path.join(root, f), self.tmp) for f in files]
+        return sorted(f for f in found if f != INCOMPLETE_MARKER)
+
+    def commit(self):
+        """Move the finished results into ``out`` (SIGINT/SIGTERM held off meanwhile); return ``out``."""
+        files = self._files()
+        conflicts = [f for f in files if os.path.lexists(os.path.join(self.out, f)) and f not in self.old
+                     and f != MANIFEST]
+        if conflicts:
+            self.state = "kept"
+            raise CLIError(f"--out {self.out!r}: {conflicts[0]!r} exists and was not written by ntk-info; the finished "
+                           f"results are in {self.tmp!r}")
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        self.state = "committed"
+        try:
+            os.remove(os.path.join(self.tmp, INCOMPLETE_MARKER))
+            write_manifest(self.tmp, files, self.command)
+            if not os.path.isdir(self.out) or not os.listdir(self.out):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(self.out)
+                os.rename(self.tmp, self.out)
+                return self.out
+            # replace an earlier run's files: the manifest goes first, so a crash here leaves a folder
+            # that `ntk-info report` recognizes as incomplete (no manifest)
+            os.remove(os.path.join(self.out, MANIFEST))
+            for rel in self.old:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.remove(os.path.join(self.out, rel))
+            for rel in files + [MANIFEST]:
+                dest = os.path.join(self.out, rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(os.path.join(self.tmp, rel), dest)
+            shutil.rmtree(self.tmp)
+            return self.out
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def discard(self):
+        """Remove the temporary folder unless its results were committed or kept for the user."""
+        if self.tmp is not None and self.state == "writing":
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _config(args):
+    """The PipelineConfig of the parsed arguments (validated)."""
+    from ntk_info.apps.pipeline import ConfigError, PipelineConfig
+
+    classes = None
+    if args.classes is not None:
+        classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    config = PipelineConfig(
+        data=args.data, labels=args.labels, label_column=args.label_column, source_column=args.source_column,
+        group_column=args.group_column, classes=classes, n_train=args.n_train, val_fraction=args.val_fraction,
+        noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
+        weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
+        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)
+    try:
+        return config.validate()
+    except ConfigError as err:
+        raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+
+
+def _check_data_path(path):
+    """--data names a bundled set or a readable file (not a directory)."""
+    from ntk_info.data import DATASET_NAMES
+
+    if path in DATASET_NAMES:
+        return
+    if os.path.isdir(path):
+        raise CLIError(f"--data {path!r} is a directory; expected a bundled name ({', '.join(DATASET_NAMES)}) or "
+                       "a .npz, .csv or idx file")
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as err:
+            raise CLIError(f"--data {path!r}: cannot read the file ({err.strerror or err})") from None
+
+
+class _Run:
+    """One subcommand's validated inputs: config, data, output folder; then the pipeline (model, lr)."""
 
     def __init__(self, args, stages, check=None):
-        """``check(self)`` runs after the data are loaded and before the (slow) model set-up."""
-        import numpy as np
-
-        from ntk_info import data as data_mod
-        from ntk_info.models import get_model, init_params
-        from ntk_info.training import targets
+        """``check(run)`` validates command-specific needs against the loaded data (before any work)."""
+        from ntk_info.apps.pipeline import ConfigError, DegenerateData, load_data
 
         self.args, self.stages = args, stages
-        self.progress = not args.no_progress
-        classes = None
-        if args.classes:
-            classes = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in args.classes.split(",")]
-        with stages("load data"):
-            ds = data_mod.load_dataset(args.data, labels=args.labels, val_fraction=args.val_fraction, seed=args.seed,
-                                       n_train=args.n_train, classes=classes, label_column=args.label_column,
-                                       source_column=args.source_column, group_column=args.group_column)
-        self.ds = ds
-        self.true_labels = ds.y
-        self.labels = ds.y
-        self.is_noisy = None
-        if args.noise:
-            self.labels, self.is_noisy, _ = data_mod.add_label_noise(ds.y, args.noise, ds.num_classes, seed=args.seed)
-        self.X = ds.X
-        # validation half for F-SI, test half for accuracies (so accuracy is measured on unseen data)
-        self.X_val, self.y_val = ds.X_val[::2], ds.y_val[::2]
-        self.X_test, self.y_test = ds.X_val[1::2], ds.y_val[1::2]
-        self.is_adversarial = None
+        self.config = _config(args)
+        _check_data_path(args.data)
+        _quiet_imports()
+        try:
+            with stages("load data"):
+                self.data = load_data(self.config)
+        except ConfigError as err:
+            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+        except (DegenerateData, ValueError) as err:
+            raise _user_error(err) from None
+        from ntk_info.apps.pipeline import check_model_input
+
+        try:
+            check_model_input(self.config.model, self.data)
+        except ConfigError as err:
+            raise CLIError(f"--{err.field}: {err.message}") from None
         if check is not None:
             check(self)
-        with stages("build model"):
-            kwargs = {"width": args.width} if args.model == "mlp" else {}
-            self.model = get_model(args.model, ds.num_classes, **kwargs)
-            self.params0 = init_params(self.model, ds.X.shape[1:], seed=args.seed)
-        self.Y = targets(self.labels, ds.num_classes)
-        self.lr = args.lr if args.lr is not None else self.auto_lr(self.model, self.params0)
-        self.steps = args.steps
-        self.weight_decay = args.weight_decay
-        self.damping = args.weight_decay if args.weight_decay > 0 else 1.0 / (self.lr * self.steps)
-        self.settings = {"data": args.data, "n_train": int(ds.X.shape[0]), "n_val": int(self.X_val.shape[0]),
-                         "n_test": int(self.X_test.shape[0]), "num_classes": ds.num_classes, "noise": args.noise,
-                         "model": args.model, "width": args.width if args.model == "mlp" else None,
-                         "lr": self.lr, "lr_rule": "given" if args.lr is not None else "1/lambda_max(NTK at init)",
-                         "steps": self.steps, "weight_decay": self.weight_decay,
-                         "influence/MPE damping": self.damping,
-                         "influence/MPE Jacobian": "exact when n*k <= 2000, else projected features at the trained "
-                                                   "weights", "coords_per_layer": args.coords_per_layer,
-                         "projection": args.projection,
-                         "kernel": "output-averaged (trace) NTK, k outputs share one n x n kernel",
-                         "seed": args.seed}
-        self._trained = None
-        np.random.seed(args.seed)
+        self.output = args.output = Output(args.out, args.force, args.command)
 
-    def auto_lr(self, model, params0):
-        """η = 1/λ_max of the NTK at init (sum loss; GD is stable for η·λ_max < 2), by power iteration."""
-        import jax
-        import jax.numpy as jnp
-        from jax.flatten_util import ravel_pytree
+    def start(self):
+        """Build the model and decide the learning rate (may refuse it); the pipeline does the work."""
+        from ntk_info.apps.pipeline import ConfigError, DegenerateData, Pipeline, UnstableLearningRate
 
-        with self.stages("estimate lr"):
-            flat, unravel = ravel_pytree(params0)
-            X = jnp.asarray(self.X)
-            f = lambda w: model.apply_fn(unravel(w), X)  # noqa: E731
-            _, jvp = jax.linearize(f, flat)
-            vjp = jax.linear_transpose(jvp, flat)
-            gnh = jax.jit(lambda v: vjp(jvp(v))[0])
-            v = jax.random.normal(jax.random.PRNGKey(self.args.seed), flat.shape, flat.dtype)
-            lam = 0.0
-            for _ in range(30):
-                w = gnh(v / jnp.linalg.norm(v))
-                lam, v = float(jnp.linalg.norm(w)), w
-        return 1.0 / lam
-
-    def trained(self):
-        """The real network trained on (X, Y): ``steps`` full-batch GD steps (ntk_info.training.train)."""
-        if self._trained is None:
-            from ntk_info.training import train
-
-            with self.stages("train network"):
-                self._trained = train(self.model.apply_fn, self.params0, self.X, self.Y, lr=self.lr, steps=self.steps,
-                                      weight_decay=self.weight_decay)
-        return self._trained
-
-    def score(self):
-        """ntk_info.score on the training samples, kernel averaged over outputs (trace kernel)."""
-        import ntk_info
-
-        with self.stages("scores (F-SI, SI, LOO)"):
-            return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.X_val, lr=self.lr, steps=self.steps,
-                                  weight_decay=self.weight_decay, discrete=True,
-                                  coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
-                                  method=self.args.projection, kernel="trace", progress=self.progress)
-
-    def subset_scorer(self, by):
-        """score_fn(kept) for iterative removal: features are computed once (they do not depend on which
-        samples are kept), then exact LOO on the kept rows only (the same trace kernel as ``score``)."""
-        import numpy as np
-
-        import ntk_info
-        from ntk_info import scores as score_mod
-
-        with self.stages("features for rescoring"):
-            feats = ntk_info.projected_features(self.model.apply_fn, self.params0, self.X,
-                                                coords_per_layer=self.args.coords_per_layer, seed=self.args.seed,
-                                                method=self.args.projection, progress=False)
-            val = feats.projection.features(self.X_val, progress=False)
-            n, k = feats.outputs.shape
-            # trace kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩, formed once; each rescoring takes its kept block
-            phi = np.asarray(feats.phi).reshape(n, -1)
-            kernel = phi @ phi.T / k
-            cross = np.asarray(val.phi).reshape(val.phi.shape[0], -1) @ phi.T / k
-            del phi
-        residuals = self.Y - np.asarray(feats.outputs)
-
-        def score_fn(kept):
-            with self.stages("rescoring (iterative)"):
-                loo = ntk_info.leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], lr=self.lr,
-                                             steps=self.steps, weight_decay=self.weight_decay, discrete=True,
-                                             cross_kernel=cross[:, kept], progress=False)
-            if by == "fsi":
-                return np.asarray(score_mod.fsi(loo))
-            if by == "si":
-                return np.asarray(score_mod.si_isotropic(loo))
-            # Y_i - f_{-i}(x_i) = (Y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)), as in ntk_info.score
-            loo_res = (np.asarray(loo.fitted_residuals).reshape(kept.size, k)
-                       + np.asarray(loo.self_prediction_change).reshape(kept.size, k))
-            return np.linalg.norm(loo_res, axis=1)
-
-        return score_fn
+        try:
+            self.pipe = Pipeline(self.config, self.data, stage=self.stages, progress=not self.args.no_progress)
+        except ConfigError as err:
+            raise CLIError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+        except (UnstableLearningRate, DegenerateData) as err:
+            raise _user_error(err) from None
+        return self.pipe
 
     def sample_rows(self, result, extra=None):
-        """Per-sample rows for scores.csv."""
+        """scores.csv rows: index (position in this run), row (in the user's data), labels, scores."""
         import numpy as np
 
-        n = self.X.shape[0]
-        cols = {"index": np.arange(n), "label": self.labels}
-        if self.is_noisy is not None:
-            cols["true_label"] = self.true_labels
-            cols["is_noisy"] = self.is_noisy.astype(int)
-        if self.ds.source is not None:
-            cols["source"] = self.ds.source
-        if self.ds.group is not None:
-            cols["group"] = self.ds.group
-        cols["fsi"] = np.asarray(result.fsi)
-        cols["si"] = np.asarray(result.si)
-        cols["loo_residual"] = np.linalg.norm(np.asarray(result.loo_residuals).reshape(n, -1), axis=1)
+        from ntk_info.apps.pipeline import base_scores
+
+        d = self.data
+        n = self.pipe.X.shape[0]
+        cols = {"index": np.arange(n), "row": d.rows_train, "label": d.label_text(d.labels), "label_code": d.labels}
+        if d.is_noisy is not None:
+            cols["true_label"] = d.label_text(d.true_labels)
+            cols["is_noisy"] = d.is_noisy.astype(int)
+        if d.dataset.source is not None:
+            cols["source"] = d.dataset.source
+        if d.dataset.group is not None:
+            cols["group"] = d.dataset.group
+        cols.update(base_scores(result))
         cols.update(extra or {})
         return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in cols.items()} for i in range(n)]
 
-    def save_inputs(self, X=None):
+    def write_common(self, result, extra=None):
+        """scores.csv, split.csv and (for images) inputs.npz."""
         import numpy as np
 
-        if self.ds.image_shape is not None:
-            np.savez_compressed(os.path.join(self.args.out, "inputs.npz"), X=self.X if X is None else X,
-                                image_shape=np.array(self.ds.image_shape))
+        from ntk_info.apps.pipeline import split_rows
 
+        self.output.write_csv("scores.csv", self.sample_rows(result, extra))
+        self.output.write_csv("split.csv", split_rows(self.data))
+        if self.data.dataset.image_shape is not None:
+            np.savez_compressed(self.output.path("inputs.npz"), X=self.pipe.X,
+                                image_shape=np.array(self.data.dataset.image_shape))
 
-def _finish(run, extra_settings=None):
-    """Write settings.json and the report; print where it is and the timing summary."""
-    from ntk_info.report import build_report
+    def finish(self, extra_settings=None):
+        """settings.json and the report into the temporary folder, then move everything into --out."""
+        from ntk_info.report import build_report
 
-    settings = dict(run.settings, **(extra_settings or {}))
-    with run.stages("report"):
-        with open(os.path.join(run.args.out, "settings.json"), "w") as handle:
-            json.dump(dict(settings, timings=run.stages.times), handle, indent=1, default=str)
-        path = build_report(run.args.out, title=f"ntk_info: {run.args.command} on {run.args.data}")
-        # rewrite with the report stage's own time included
-        with open(os.path.join(run.args.out, "settings.json"), "w") as handle:
-            json.dump(dict(settings, timings=run.stages.times), handle, indent=1, default=str)
-    print(run.stages.summary(), file=sys.stderr)
-    print(f"report: {os.path.abspath(path)}")
-    return 0
+        settings = dict(self.pipe.settings(), command=self.args.command, **(extra_settings or {}))
+        with self.stages("report"):
+            self._write_settings(settings)
+            build_report(self.output.tmp, title=f"ntk_info: {self.args.command} on {self.args.data}")
+        self._write_settings(settings)  # with the report stage's own time
+        out = self.output.commit()
+        for warning in settings.get("warnings", []):
+            print(f"ntk-info: warning: {warning}", file=sys.stderr)
+        print(self.stages.summary(), file=sys.stderr)
+        print(f"report: {os.path.join(out, 'report.html')}")
+        return 0
+
+    def _write_settings(self, settings):
+        with open(self.output.path("settings.json"), "w") as handle:
+            json.dump(dict(settings, timings=self.stages.times), handle, indent=1, default=str)
 
 
 # ----------------------------------------------------------------------------- subcommands
 
 
-def _write(run, name, rows):
-    from ntk_info.report import write_csv
-
-    write_csv(os.path.join(run.args.out, name), rows)
-
-
 def _score_cmd(args, stages):
-    run = Run(args, stages)
-    result = run.score()
-    _write(run, "scores.csv", run.sample_rows(result))
-    run.save_inputs()
-    return _finish(run)
+    run = _Run(args, stages)
+    result = run.start().score()
+    run.write_common(result)
+    return run.finish()
 
 
-def _detection_scores(run, result, methods, X):
+def _detection_scores(run, result, methods):
     """Every requested detector's per-sample scores (higher = more suspicious)."""
-    import numpy as np
-
     from ntk_info.apps import detect
+    from ntk_info.apps.pipeline import base_scores
 
-    n = run.X.shape[0]
-    out = {}
-    if "fsi" in methods:
-        out["fsi"] = np.asarray(result.fsi)
-    if "si" in methods:
-        out["si"] = np.asarray(result.si)
-    if "loo_residual" in methods:
-        out["loo_residual"] = np.linalg.norm(np.asarray(result.loo_residuals).reshape(n, -1), axis=1)
-    params = run.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
+    pipe = run.pipe
+    out = base_scores(result, [m for m in methods if m in ("fsi", "si", "loo_residual")])
+    params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
-        out["train_loss"] = detect.training_loss(run.model.apply_fn, params, X, run.Y)
+        out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)
     if {"influence", "mpe"} & set(methods):
         with run.stages("influence and MPE"):
-            infl, mpe = detect.influence_and_mpe(run.model.apply_fn, params, X, run.Y, weight_decay=run.weight_decay,
-                                                 damping=run.damping, coords_per_layer=run.args.coords_per_layer,
-                                                 seed=run.args.seed)
+            infl, mpe = detect.influence_and_mpe(pipe.model.apply_fn, params, pipe.X, pipe.Y,
+                                                 weight_decay=pipe.config.weight_decay, damping=pipe.damping,
+                                                 coords_per_layer=pipe.config.coords_per_layer, seed=pipe.config.seed)
         out.update({k: v for k, v in (("influence", infl), ("mpe", mpe)) if k in methods})
     if "cleanlab" in methods:
         with run.stages("cleanlab (5-fold MLP 256)"):
-            out["cleanlab"] = detect.cleanlab_scores(X, run.labels, num_classes=run.ds.num_classes, seed=run.args.seed)
+            out["cleanlab"] = detect.cleanlab_scores(pipe.X, run.data.labels, num_classes=run.data.num_classes,
+                                                     seed=pipe.config.seed)
     return out
 
 
@@ -368,34 +471,31 @@ def _detect(run, methods):
     """Score, then run every detector against the flipped labels or the adversarial inputs."""
     from ntk_info.apps import detect
 
+    pipe = run.pipe
     extra_settings = {}
-    bad_name = "is_noisy"
+    bad_name, is_bad = "is_noisy", run.data.is_noisy
     if run.args.adversarial:
         from ntk_info.data import fgsm
 
         with run.stages("FGSM attack"):
-            adv = fgsm(run.model.apply_fn, run.trained(), run.X, run.labels, num_classes=run.ds.num_classes,
-                       eps=run.args.eps, fraction=run.args.adversarial, seed=run.args.seed)
+            adv = fgsm(pipe.model.apply_fn, pipe.trained(), pipe.X, run.data.labels, num_classes=run.data.num_classes,
+                       eps=run.args.eps, fraction=run.args.adversarial, seed=pipe.config.seed)
         if adv.is_adversarial.sum() == 0:
             raise CLIError(f"--eps {run.args.eps}: no FGSM attack succeeded ({adv.attempted} tried); use a larger --eps")
-        run.X = adv.X
-        run._trained = None  # the detectors look at a network trained on the attacked set
-        run.is_adversarial = adv.is_adversarial
-        bad_name = "is_adversarial"
-        extra_settings.update(fgsm_eps=adv.eps, fgsm_success_rate=adv.success_rate,
-                              adversarial=int(adv.is_adversarial.sum()))
-    result = run.score()
-    scores = _detection_scores(run, result, methods, run.X)
-    is_bad = run.is_noisy if bad_name == "is_noisy" else run.is_adversarial
+        pipe.replace_inputs(adv.X)  # the detectors look at a network trained on the attacked set
+        bad_name, is_bad = "is_adversarial", adv.is_adversarial
+        extra_settings.update(fgsm_eps=adv.eps, fgsm_step=adv.step, fgsm_clip=adv.clip,
+                              fgsm_success_rate=adv.success_rate, adversarial=int(adv.is_adversarial.sum()))
+    result = pipe.score()
+    scores = _detection_scores(run, result, methods)
     rows = detect.detection_metrics(scores, is_bad)
     for r in rows:
         r["bad"] = bad_name
     extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual")}
     if bad_name == "is_adversarial":
-        extra["is_adversarial"] = run.is_adversarial.astype(int)
-    _write(run, "scores.csv", run.sample_rows(result, extra))
-    _write(run, "detection.csv", rows)
-    run.save_inputs()
+        extra["is_adversarial"] = is_bad.astype(int)
+    run.write_common(result, extra)
+    run.output.write_csv("detection.csv", rows)
     print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
     return result, extra_settings
 
@@ -407,99 +507,132 @@ def _format_table(rows, keys):
     return "\n".join(lines)
 
 
-def _check_detect(run):
-    if run.args.adversarial and run.is_noisy is not None:
-        raise CLIError("--adversarial and --noise: choose one kind of bad sample to detect (pass --noise 0)")
-    if not run.args.adversarial and run.is_noisy is None:
+def _detect_args(args):
+    """--noise defaults to 0.1 only when --adversarial is not given; both at once is an error."""
+    _check_fraction(args.adversarial, "--adversarial", allow_zero=True)
+    import math
+
+    if not (math.isfinite(args.eps) and args.eps > 0):
+        raise CLIError(f"--eps: expected a finite number > 0 (a fraction of the data's range), got {args.eps}")
+    if args.adversarial and args.noise:
+        raise CLIError("--adversarial and --noise: choose one kind of bad sample to detect")
+    if args.noise is None:
+        args.noise = 0.0 if args.adversarial else 0.1
+    if not args.adversarial and not args.noise:
         raise CLIError("detect: nothing to detect; pass --noise RATE (e.g. 0.1) or --adversarial FRACTION")
 
 
 def _detect_cmd(args, stages):
     methods = _parse_methods(args.methods)
-    run = Run(args, stages, check=_check_detect)
+    _detect_args(args)
+    run = _Run(args, stages)
+    run.start()
     _, extra_settings = _detect(run, methods)
-    return _finish(run, extra_settings)
+    return run.finish(extra_settings)
+
+
+def _summarize_args(args):
+    args.fraction_list = _floats(args.fractions, "--fractions")
+    _check_int(args.retrain_width, "--retrain-width", 1)
+    _check_int(args.retrain_steps, "--retrain-steps", 1)
 
 
 def _summarize(run, result):
     """Removal masks for every strategy and fraction, retrained all at once; rows for summarize.csv."""
     import numpy as np
 
+    from ntk_info.apps.pipeline import base_scores
     from ntk_info.apps.summarize import iterative_keep_masks, keep_masks, retrain_accuracy
-    from ntk_info.models import get_model, init_params
 
-    args = run.args
-    fractions = _floats(args.fractions, "--fractions")
-    scores = np.asarray(getattr(result, args.by) if args.by != "loo_residual" else
-                        np.linalg.norm(np.asarray(result.loo_residuals).reshape(run.X.shape[0], -1), axis=1))
-    blocks = [("full data", np.ones((1, run.X.shape[0])), [0.0])]
+    args, pipe = run.args, run.pipe
+    fractions = args.fraction_list
+    n = pipe.X.shape[0]
+    scores = base_scores(result, (args.by,))[args.by]
+    blocks = [("full data", np.ones((1, n)), [0.0])]
     for strategy in ("bottom", "top", "random"):
         blocks.append((strategy, keep_masks(scores, fractions, strategy, seed=args.seed), fractions))
     if args.iterative:
-        score_fn = run.subset_scorer(args.by)
-        blocks.append(("bottom-iterative", iterative_keep_masks(score_fn, run.X.shape[0], fractions,
-                                                                progress=run.progress), fractions))
+        score_fn = pipe.rescorer(args.by)
+        blocks.append(("bottom-iterative", iterative_keep_masks(score_fn, n, fractions, progress=pipe.progress),
+                       fractions))
     masks = np.concatenate([b[1] for b in blocks])
     retrain_name = args.retrain_model or args.model
-    kwargs = {"width": args.retrain_width} if retrain_name == "mlp" else {}
-    model = get_model(retrain_name, run.ds.num_classes, **kwargs)
-    params0 = init_params(model, run.X.shape[1:], seed=args.seed + 1)
-    steps = args.retrain_steps or run.steps
-    lr = args.lr if args.lr is not None else run.auto_lr(model, params0)
+    with run.stages("estimate retraining lr"):
+        try:
+            model, params0, lr, warnings = pipe.retraining_setup(retrain_name, args.retrain_width)
+        except ValueError as err:
+            raise _user_error(err) from None
+    steps = args.retrain_steps or pipe.config.steps
     with run.stages(f"retrain {masks.shape[0]} subsets"):
-        acc = retrain_accuracy(model.apply_fn, params0, run.X, run.Y, masks, run.X_test, run.y_test, lr=lr,
-                               steps=steps, weight_decay=run.weight_decay, progress=run.progress)
+        acc = retrain_accuracy(model.apply_fn, params0, pipe.X, pipe.Y, masks, run.data.X_test, run.data.y_test,
+                               lr=lr, steps=steps, weight_decay=pipe.config.weight_decay, progress=pipe.progress)
     rows, j = [], 0
     for strategy, block, fr in blocks:
         for q in fr:
             rows.append({"strategy": strategy, "fraction": float(q), "n_kept": int(masks[j].sum()),
                          "accuracy": float(acc[j])})
             j += 1
-    _write(run, "summarize.csv", rows)
+    run.output.write_csv("summarize.csv", rows)
+    pipe.warnings.extend(warnings)
     return {"summarize_by": args.by, "retrain_model": retrain_name, "retrain_width": args.retrain_width,
             "retrain_steps": steps, "retrain_lr": lr, "accuracy_on": "test half of the held-out split"}
 
 
 def _summarize_cmd(args, stages):
-    run = Run(args, stages)
-    result = run.score()
-    _write(run, "scores.csv", run.sample_rows(result))
-    run.save_inputs()
-    return _finish(run, _summarize(run, result))
+    _summarize_args(args)
+    run = _Run(args, stages)
+    result = run.start().score()
+    run.write_common(result)
+    return run.finish(_summarize(run, result))
 
 
 def _sources_cmd(args, stages):
     from ntk_info.apps.sources import group_summary
 
     def check(run):
-        if run.ds.source is None and run.ds.group is None:
+        if run.data.dataset.source is None and run.data.dataset.group is None:
             raise CLIError(f"sources: dataset {args.data!r} has no source or group per sample; give an .npz with "
                            "a 'source'/'group' array or a .csv with --source-column/--group-column")
 
-    run = Run(args, stages, check=check)
-    result = run.score()
-    _write(run, "scores.csv", run.sample_rows(result))
+    run = _Run(args, stages, check=check)
+    result = run.start().score()
+    run.write_common(result)
     rows = []
-    for by, values in (("source", run.ds.source), ("group", run.ds.group)):
+    for by, values in (("source", run.data.dataset.source), ("group", run.data.dataset.group)):
         if values is not None:
             rows += [dict(by=by, **r) for r in group_summary(result.fsi, values, score_name="fsi")]
-    _write(run, "sources.csv", rows)
-    run.save_inputs()
+    run.output.write_csv("sources.csv", rows)
     print(_format_table(rows, ("by", "group", "count", "mean", "median")))
-    return _finish(run)
+    return run.finish()
 
 
 def _compare_cmd(args, stages):
     import ntk_info
+    from ntk_info.comparison import METHODS
     from ntk_info.training import targets
 
-    run = Run(args, stages)
+    methods = METHODS
+    if args.compare_methods:
+        methods = tuple(m.strip() for m in args.compare_methods.split(",") if m.strip())
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise CLIError(f"--compare-methods: unknown {unknown or list(methods)}; valid: {','.join(METHODS)}")
+
+    def check(run):
+        n = run.data.X.shape[0]
+        if not 2 <= args.subset_size <= n:
+            raise CLIError(f"--subset-size: expected an integer in [2, {n}] (the training samples), got "
+                           f"{args.subset_size}")
+
+    run = _Run(args, stages, check=check)
+    pipe = run.start()
     with stages("compare with brute force"):
-        table = ntk_info.compare(run.model.apply_fn, run.params0, run.X, run.Y, run.X_val,
-                                 targets(run.y_val, run.ds.num_classes), lr=run.lr, steps=run.steps,
-                                 weight_decay=run.weight_decay, subset_size=args.subset_size,
-                                 coords_per_layer=args.coords_per_layer, seed=args.seed, progress=run.progress,
-                                 **({"methods": tuple(args.compare_methods.split(","))} if args.compare_methods else {}))
+        table = ntk_info.compare(pipe.model.apply_fn, pipe.params0, pipe.X, pipe.Y, run.data.X_val,
+                                 targets(run.data.y_val, run.data.num_classes), lr=pipe.lr, steps=pipe.config.steps,
+                                 weight_decay=pipe.config.weight_decay, subset_size=args.subset_size,
+                                 coords_per_layer=pipe.config.coords_per_layer, seed=pipe.config.seed,
+                                 damping=pipe.damping, kernel=pipe.kernel, method=pipe.config.projection,
+                                 progress=pipe.progress, methods=methods)
     rows = []
     for r in table.rows:
         row = {"method": r.method, "seconds": float(r.seconds)}
@@ -510,25 +643,38 @@ def _compare_cmd(args, stages):
     rows.append({"method": "brute force (retraining)", "seconds": float(table.brute_seconds)})
     keys = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{k: r.get(k, "") for k in keys} for r in rows]
-    _write(run, "compare.csv", rows)
+    run.output.write_csv("compare.csv", rows)
     print(_format_table(rows, tuple(keys)))
-    return _finish(run, {"subset_size": args.subset_size, "compare": table.settings})
+    return run.finish({"subset_size": args.subset_size, "compare": table.settings})
 
 
 def _report_cmd(args, stages):
-    from ntk_info.report import build_report
+    from ntk_info.report import build_report, check_results
 
+    folder = os.path.abspath(args.results)
+    try:
+        check_results(folder, require_manifest=True)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    manifest = _read_manifest(folder)
+    figures = os.path.join(folder, "figures")
+    before = set(os.listdir(figures)) if os.path.isdir(figures) else set()
     with stages("report"):
-        path = build_report(args.results)
-    print(f"report: {os.path.abspath(path)}")
+        path = build_report(folder)
+    created = {os.path.join("figures", f) for f in set(os.listdir(figures)) - before} if os.path.isdir(figures) else set()
+    files = {f for f in manifest if os.path.isfile(os.path.join(folder, f))} | created | {"report.html"}
+    write_manifest(folder, files - {MANIFEST}, "report")
+    print(f"report: {path}")
     return 0
 
 
 def _demo_cmd(args, stages):
-    run = Run(args, stages)
+    _summarize_args(args)
+    run = _Run(args, stages)
+    run.start()
     result, extra = _detect(run, list(DETECT_METHODS))
     extra.update(_summarize(run, result))
-    return _finish(run, extra)
+    return run.finish(extra)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -551,8 +697,10 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
     g = parser.add_argument_group("model and training")
     g.add_argument("--model", default="mlp", help="mlp, cnn, resnet or package.module:factory (default: mlp)")
     g.add_argument("--width", type=int, default=width, help=f"MLP hidden width (default: {width})")
-    g.add_argument("--lr", type=float, help="learning rate η of full-batch GD on the sum loss "
-                   "(default: 1/λ_max of the NTK at init)")
+    g.add_argument("--lr", type=float, help="learning rate η of full-batch GD on the sum loss (default: "
+                   "1/(λ_max + λ), λ_max of the NTK at init); refused at or above GD's limit 2/(λ_max + λ)")
+    g.add_argument("--allow-unstable-lr", action="store_true",
+                   help="run with an --lr at or above the stability limit anyway (settings and report warn)")
     g.add_argument("--steps", type=int, default=steps, help=f"GD steps t (default: {steps})")
     g.add_argument("--weight-decay", type=float, default=0.0, help="λ, decay toward the init (default: 0)")
     g.add_argument("--coords-per-layer", type=int, default=2000,
@@ -561,17 +709,23 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                    choices=("countsketch", "subsample", "gaussian", "rademacher"),
                    help="per-layer projection of the Jacobian: countsketch (default, most accurate per "
                         "coordinate), subsample (the SI paper's), gaussian/rademacher (dense, slower)")
+    g.add_argument("--kernel", default="auto", choices=("auto", "full", "trace"),
+                   help="full: the (n·k)x(n·k) NTK; trace: the output-averaged n x n kernel shared by the k "
+                        "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
+                        "settings.json records which was used)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +
                    (f" (default: {out})" if out else ""))
-    g.add_argument("--force", action="store_true", help="overwrite results in an existing --out")
+    g.add_argument("--force", action="store_true",
+                   help="replace the results of an earlier run in --out (only files listed in its manifest.json)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _summarize_options(parser):
     g = parser.add_argument_group("summarization")
-    g.add_argument("--fractions", default="0.1,0.3,0.5,0.7,0.9", help="fractions removed (default: 0.1,...,0.9)")
+    g.add_argument("--fractions", default="0.1,0.3,0.5,0.7,0.9", help="fractions removed, each in (0, 1) "
+                   "(default: 0.1,...,0.9)")
     g.add_argument("--iterative", action="store_true", help="also remove 5%% at a time with recomputed scores")
     g.add_argument("--by", default="fsi", choices=("fsi", "si", "loo_residual"), help="score to rank by (default: fsi)")
     g.add_argument("--retrain-model", help="network retrained on the kept samples (default: --model)")
@@ -585,7 +739,8 @@ def _detect_options(parser):
                    f"{','.join(DETECT_METHODS)})")
     g.add_argument("--adversarial", type=float, default=0.0,
                    help="instead of label noise: replace this fraction by successful FGSM examples")
-    g.add_argument("--eps", type=float, default=0.01, help="FGSM step ε on [0,1]-scaled inputs (default: 0.01)")
+    g.add_argument("--eps", type=float, default=0.01, help="FGSM step ε as a fraction of the data's range "
+                   "(ε on [0,1] images; default: 0.01); adversarial inputs stay inside the data's range")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -612,9 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="find mislabeled (--noise) or adversarial (--adversarial) samples",
                        formatter_class=formatter)
-    _common(p, noise=0.1)
-    _detect_options(p)
+    _common(p, noise=None)
     p.set_defaults(func=_detect_cmd)
+    for action in p._actions:
+        if action.dest == "noise":
+            action.help = "uniform label-noise rate in [0, 1) (default: 0.1, or 0 with --adversarial)"
+    _detect_options(p)
 
     p = sub.add_parser("summarize", help="remove the least informative samples and retrain -> summarize.csv",
                        formatter_class=formatter)
@@ -637,22 +795,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render report.html from a results directory", formatter_class=formatter)
     p.add_argument("results", help="a directory written by another subcommand")
     p.set_defaults(func=_report_cmd, no_progress=True)
+    _OPTION_NAMES.update({a.dest: a.option_strings[0] for sp in sub.choices.values() for a in sp._actions
+                          if a.option_strings and a.option_strings[0].startswith("--")})
     return parser
 
 
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
-    """Entry point of ``ntk-info``; returns the exit status (2 on a user error, printed as one line)."""
+    """Entry point of ``ntk-info``; returns the exit status (2: user error, 130: Ctrl-C, 143: SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.output = None
     stages = Stages()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.command != "report":
-            _prepare_out(args.out, args.force)
-            _quiet_imports()
         return args.func(args, stages)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except CLIError as err:
         print(f"ntk-info: error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _Terminated) as err:
+        done = args.output is not None and args.output.state == "committed"
+        where = "" if args.command == "report" else \
+            f"; the results were saved in {args.out}" if done else f"; {args.out} was not changed"
+        print(f"ntk-info: interrupted{where}", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if args.output is not None:
+            args.output.discard()
 
 
 if __name__ == "__main__":

@@ -102,15 +102,11 @@ def _sq_rows(a):
 
 
 def _linearization(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr, steps, weight_decay, opts):
-    from ntk_info.features import projected_features
-    from ntk_info.loo import leave_one_out
+    from ntk_info.scorer import score
 
-    feats = projected_features(apply_fn, params0, X, coords_per_layer=opts["coords_per_layer"], seed=opts["seed"],
-                               progress=False)
-    phi_val = feats.projection.features(X_val, progress=False).phi
-    residuals = np.asarray(Y).reshape(feats.outputs.shape) - np.asarray(feats.outputs)
-    res = leave_one_out(features=feats.phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=True, cross_features=phi_val, progress=False)
+    res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
+                weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"], seed=opts["seed"],
+                method=opts["method"], kernel=opts["kernel"], progress=False)
     return {"weights": np.asarray(res.weight_change_sq)[subset],
             "predictions": np.asarray(res.prediction_change_sq)[subset],
             "self": _sq_rows(np.asarray(res.self_prediction_change)[subset])}
@@ -147,7 +143,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
             weight_decay: float = 0.0, subset_size: int = 50, subset=None, methods=METHODS,
             coords_per_layer: int = 2000, damping: float | None = None, lissa_depth: int = 1000,
             lissa_scale: float | None = None, lissa_batch_size: int | None = None, chunk_size: int = 1, seed: int = 0,
-            progress: bool = True) -> CompareTable:
+            kernel: str = "full", method: str = "countsketch", progress: bool = True) -> CompareTable:
     """All LOO estimates for one model and data set, against brute-force retraining on a subset.
 
     Training: ``steps`` full-batch GD steps of size ``lr`` on Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||²
@@ -157,7 +153,9 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     excluding the shared training run. ``damping`` (default 0.01 if λ = 0 else 0, SI paper Table 2)
     is added to λ for influence functions and MPE; ``lissa_scale`` None is LiSSA's automatic scale;
     ``lissa_batch_size`` None uses the full GNH in every LiSSA recursion, b a minibatch estimate.
-    ``chunk_size`` removals are vmapped per brute-force call (1 is fastest on CPU).
+    ``chunk_size`` removals are vmapped per brute-force call (1 is fastest on CPU). ``linearization``
+    is ``ntk_info.score`` with ``kernel`` ("full", "trace" or "auto") and projection ``method``, so
+    the row validates the estimator the scores use (the CLI passes the kernel it reports).
     """
     unknown = [m for m in methods if m not in _RUNNERS]
     if unknown:
@@ -178,7 +176,7 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
     truth = {"weights": brute.weight_change_sq, "predictions": brute.prediction_change_sq,
              "self": _sq_rows(brute.self_prediction_change)}
     opts = dict(coords_per_layer=coords_per_layer, seed=seed, damping=damping, lissa_depth=lissa_depth,
-                lissa_scale=lissa_scale, lissa_batch_size=lissa_batch_size)
+                lissa_scale=lissa_scale, lissa_batch_size=lissa_batch_size, kernel=kernel, method=method)
     rows = []
     for method in methods:
         t0 = time.perf_counter()
@@ -190,5 +188,5 @@ def compare(apply_fn: Callable, params0: Any, X, Y, X_val, Y_val, *, lr: float, 
                                seconds, est))
     settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, damping=damping, subset_size=int(subset.size),
                     coords_per_layer=coords_per_layer, lissa_depth=lissa_depth, lissa_scale=lissa_scale,
-                    lissa_batch_size=lissa_batch_size, seed=seed, n=n)
+                    lissa_batch_size=lissa_batch_size, seed=seed, n=n, kernel=kernel, projection=method)
     return CompareTable(rows, brute, brute_seconds, settings)

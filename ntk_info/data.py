@@ -27,6 +27,10 @@ class Dataset:
     X (n, ...) float inputs; y (n,) int labels in [0, C); X_val, y_val the validation split;
     source, group (n,) string arrays or None (where each sample comes from; e.g. a subclass);
     class_names (C,) strings; image_shape (H, W, C) when inputs are images, else None.
+    Bookkeeping back to the user's data: ``rows`` (n,) / ``rows_val`` 0-based rows of X / X_val in the
+    user's arrays (for a CSV: data rows, header not counted); ``val_array`` names the array that
+    ``rows_val`` index ("X" when the validation split was held out of X, "X_val" when the file has
+    one); ``label_values`` (C,) every class as the user wrote it (``y`` code c is ``label_values[c]``).
     """
 
     name: str
@@ -38,6 +42,10 @@ class Dataset:
     image_shape: tuple | None = None
     source: np.ndarray | None = None
     group: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    rows_val: np.ndarray | None = None
+    val_array: str = "X"
+    label_values: tuple | None = None
 
     @property
     def num_classes(self) -> int:
@@ -100,23 +108,25 @@ def _finish(name, X, y, X_val, y_val, source, group, image_shape, *, val_fractio
     source = None if source is None else np.asarray(source).astype(str)
     group = None if group is None else np.asarray(group).astype(str)
     _check_arrays(name, X, y, source, group, X_val, y_val)
+    rows = np.arange(X.shape[0])
+    rows_val, val_array = (None, "X") if X_val is None else (np.arange(X_val.shape[0]), "X_val")
     if classes is not None:
         keep_values = [type(y.flat[0])(c) if y.dtype.kind in "iuf" else str(c) for c in classes]
         missing = [c for c in keep_values if c not in set(y.tolist())]
         if missing:
             raise ValueError(f"classes: {missing} not among the labels {sorted(set(y.tolist()))}")
         keep = np.isin(y, keep_values)
-        X, y = X[keep], y[keep]
+        X, y, rows = X[keep], y[keep], rows[keep]
         source = None if source is None else source[keep]
         group = None if group is None else group[keep]
         if X_val is not None:
             keep_val = np.isin(y_val, keep_values)
-            X_val, y_val = X_val[keep_val], y_val[keep_val]
+            X_val, y_val, rows_val = X_val[keep_val], y_val[keep_val], rows_val[keep_val]
         _check_arrays(name, X, y)
     if X_val is None:
         train_idx, val_idx = _split(X.shape[0], val_fraction, seed, y)
-        X_val, y_val = X[val_idx], y[val_idx]
-        X, y = X[train_idx], y[train_idx]
+        X_val, y_val, rows_val = X[val_idx], y[val_idx], rows[val_idx]
+        X, y, rows = X[train_idx], y[train_idx], rows[train_idx]
         source = None if source is None else source[train_idx]
         group = None if group is None else group[train_idx]
     y, y_val, class_names = _encode_labels(y, y_val)
@@ -129,7 +139,7 @@ def _finish(name, X, y, X_val, y_val, source, group, image_shape, *, val_fractio
 
             idx, _ = train_test_split(np.arange(X.shape[0]), train_size=int(n_train), random_state=seed, stratify=y)
             idx = np.sort(idx)
-            X, y = X[idx], y[idx]
+            X, y, rows = X[idx], y[idx], rows[idx]
             source = None if source is None else source[idx]
             group = None if group is None else group[idx]
     X = X.astype(np.float64)
@@ -138,7 +148,8 @@ def _finish(name, X, y, X_val, y_val, source, group, image_shape, *, val_fractio
         mean, std = X.mean(axis=0), X.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         X, X_val = (X - mean) / std, (X_val - mean) / std
-    return Dataset(name, X, y, X_val, y_val, class_names, image_shape, source, group)
+    return Dataset(name, X, y, X_val, y_val, class_names, image_shape, source, group, rows=rows, rows_val=rows_val,
+                   val_array=val_array, label_values=class_names)
 
 
 def _as_images(X):
@@ -336,7 +347,8 @@ def add_label_noise(y, rate: float, num_classes: int, seed: int = 0):
 class AdversarialResult:
     """X with the successful adversarial versions in place; is_adversarial marks them.
 
-    success_rate = successes / attempted (the paper kept only successful ones).
+    success_rate = successes / attempted (the paper kept only successful ones); step = ε·(range of X)
+    the size of the signed-gradient step in X's units; clip the (low, high) box used, or None.
     """
 
     X: np.ndarray
@@ -344,15 +356,20 @@ class AdversarialResult:
     attempted: int
     success_rate: float
     eps: float
+    step: float
+    clip: tuple | None
 
 
 def fgsm(apply_fn: Callable, params: Any, X, y, *, num_classes: int, eps: float = 0.01, fraction: float = 0.1,
-         seed: int = 0, clip=(0.0, 1.0), batch_size: int = 256) -> AdversarialResult:
-    """FGSM (Goodfellow et al. 2015): x_adv = clip(x + ε·sign(∇_x ½||f(x) - e_y||²)) for a random fraction.
+         seed: int = 0, clip="data", batch_size: int = 256) -> AdversarialResult:
+    """FGSM (Goodfellow et al. 2015): x_adv = clip(x + ε·R·sign(∇_x ½||f(x) - e_y||²)) for a random fraction.
 
+    R = max(X) - min(X) is the range of the data, so ε is a fraction of it: on [0, 1] images R = 1 and
+    this is the SI paper's attack (§6, ε = 0.01); images stored as 0..255 or x1e6, and standardized
+    tabular data, get the same relative step. ``clip``: "data" (default) keeps x_adv inside the data's
+    own range [min(X), max(X)]; a (low, high) pair clips to that box; None does not clip.
     Samples are attacked in a random order (``seed``) until ``fraction``·n successes (the prediction
-    argmax differs from ``y``) or every sample was tried; only successes replace their input
-    (SI paper §6, ε = 0.01 on [0, 1]-scaled images). ``clip=None`` skips clipping.
+    argmax differs from ``y``) or every sample was tried; only successes replace their input.
     """
     import jax
     import jax.numpy as jnp
@@ -365,6 +382,14 @@ def fgsm(apply_fn: Callable, params: Any, X, y, *, num_classes: int, eps: float 
         raise ValueError(f"eps: expected a finite ε > 0, got {eps}")
     if y.shape != (X.shape[0],):
         raise ValueError(f"y: expected {X.shape[0]} labels, got shape {y.shape}")
+    low, high = float(X.min()), float(X.max())
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ValueError(f"X: FGSM needs finite inputs that vary (range [{low}, {high}])")
+    if isinstance(clip, str) and clip == "data":
+        clip = (low, high)
+    elif clip is not None:
+        clip = (float(clip[0]), float(clip[1]))
+    step = eps * (high - low)
 
     def loss(x, target):
         return 0.5 * jnp.sum((apply_fn(params, x[None])[0] - target) ** 2)
@@ -373,7 +398,7 @@ def fgsm(apply_fn: Callable, params: Any, X, y, *, num_classes: int, eps: float 
     def attack(xb, yb):
         targets = jax.nn.one_hot(yb, num_classes, dtype=xb.dtype)
         grads = jax.vmap(jax.grad(loss))(xb, targets)
-        x_adv = xb + eps * jnp.sign(grads)
+        x_adv = xb + step * jnp.sign(grads)
         if clip is not None:
             x_adv = jnp.clip(x_adv, clip[0], clip[1])
         pred = jnp.argmax(apply_fn(params, x_adv).reshape(xb.shape[0], -1), axis=1)
@@ -394,4 +419,5 @@ def fgsm(apply_fn: Callable, params: Any, X, y, *, num_classes: int, eps: float 
         is_adv[idx[chosen]] = True
         if is_adv.sum() >= wanted:
             break
-    return AdversarialResult(X_out, is_adv, attempted, float(is_adv.sum() / max(attempted, 1)), float(eps))
+    return AdversarialResult(X_out, is_adv, attempted, float(is_adv.sum() / max(attempted, 1)), float(eps),
+                             float(step), clip)

@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["Projection", "Features", "projected_features", "exact_ntk", "kernel_relative_error", "METHODS"]
+__all__ = ["Projection", "Features", "projected_features", "exact_ntk", "kernel_relative_error", "METHODS",
+           "ntk_lambda_max"]
 
 METHODS = ("subsample", "countsketch", "gaussian", "rademacher")
 _SKETCH_CHUNK = 2048  # rows of a dense sketch generated at once: memory chunk · m_ℓ per leaf
@@ -393,3 +394,39 @@ def kernel_relative_error(phi, kernel) -> float:
                          f"got {kernel.shape}")
     approx = np.einsum("iap,jbp->ijab", phi, phi)
     return float(np.linalg.norm(approx - kernel) / np.linalg.norm(kernel))
+
+
+def ntk_lambda_max(apply_fn: Callable, params, inputs, *, iterations: int = 100, rtol: float = 1e-6,
+                   seed: int = 0) -> float:
+    """λ_max of the empirical NTK K = JJᵀ (N = n·k rows) of ``apply_fn`` at ``params`` on ``inputs``.
+
+    Power iteration on the Gauss-Newton matrix JᵀJ (same non-zero spectrum as K), one jvp and one vjp
+    per step, never forming J; stops when the estimate changes by less than ``rtol`` (relative) or
+    after ``iterations`` steps. Full-batch GD on the sum loss is stable for lr < 2/(λ_max + λ)
+    (``ntk_info.dynamics.max_stable_lr``). The estimate never exceeds the true λ_max (Rayleigh
+    quotient); NaN when the Jacobian is not finite (e.g. inputs of magnitude 1e300), 0 when J = 0.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    inputs = _check_inputs(inputs, "inputs")
+    _check_apply(apply_fn, params, inputs)
+    flat, unravel = ravel_pytree(params)
+    _, jvp = jax.linearize(lambda w: apply_fn(unravel(w), inputs), flat)
+    vjp = jax.linear_transpose(jvp, flat)
+    gauss_newton = jax.jit(lambda v: vjp(jvp(v))[0])
+    v = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
+    v = v / jnp.linalg.norm(v)
+    estimate = 0.0
+    for _ in range(iterations):
+        w = gauss_newton(v)
+        new = float(jnp.vdot(v, w))  # Rayleigh quotient vᵀ JᵀJ v with ||v|| = 1
+        norm = float(jnp.linalg.norm(w))
+        if not (math.isfinite(new) and math.isfinite(norm)):
+            return float("nan")
+        if norm == 0.0:  # J = 0: the model does not depend on its weights at these inputs
+            return 0.0
+        v = w / norm
+        if abs(new - estimate) <= rtol * abs(new):
+            return new
+        estimate = new
+    return estimate

@@ -2,15 +2,21 @@
 
 A results folder holds what the CLI's subcommands write (each file optional):
 
-    settings.json      settings of the run, per-stage timings, and under "trust" the evidence of
+    settings.json      settings of the run, warnings, per-stage timings, and under "trust" the evidence of
                        ``ntk_info.trust`` (drawn as a green/amber/red box at the top of the report)
-    scores.csv         one row per training sample: index, label, [true_label, is_noisy, is_adversarial,
-                       source, group], then one column per score (fsi, si, loo_residual, ...)
+    scores.csv         one row per training sample: index (position in this run), row (0-based row in the
+                       user's data), label (as the user wrote it), label_code (the class index the model
+                       used), [true_label, is_noisy, is_adversarial, source, group], then one column per
+                       score (fsi, si, loo_residual, ...)
+    split.csv          row, array (X or X_val), split (train / validation / test) of every sample used
     detection.csv      method, auroc, ap, found_top10, found_top20 (and the ``bad`` column they used)
     summarize.csv      strategy, fraction, n_kept, accuracy
     sources.csv        per-source/group summaries (by, group, count, mean, median, quantiles)
     compare.csv        the method-comparison table (ntk_info.compare)
     inputs.npz         training inputs X and image_shape, when inputs are images (for sample grids)
+    manifest.json      every file the run wrote, with its size and SHA-256 (written last)
+
+:func:`check_results` refuses an unfinished, truncated or modified folder with one line naming the file.
 
 :func:`build_report` draws histograms of scores (clean vs noisy, by source or group), grids of the
 most and least informative images, ROC curves, summarization curves, and writes ``report.html``
@@ -27,7 +33,12 @@ import os
 
 import numpy as np
 
-__all__ = ["build_report", "trust_box", "write_csv", "read_csv", "SCORE_LABELS"]
+__all__ = ["build_report", "check_results", "trust_box", "write_csv", "read_csv", "SCORE_LABELS", "MANIFEST",
+           "INCOMPLETE_MARKER"]
+
+MANIFEST = "manifest.json"
+INCOMPLETE_MARKER = "INCOMPLETE-run-in-progress-or-interrupted.txt"
+RESULT_CSVS = ("scores.csv", "split.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv")
 
 SCORE_LABELS = {
     "fsi": "F-SI (functional sample information)",
@@ -39,7 +50,7 @@ SCORE_LABELS = {
     "train_loss": "training loss",
     "cleanlab": "cleanlab (1 - label quality)",
 }
-_META = ("index", "label", "true_label", "is_noisy", "is_adversarial", "source", "group")
+_META = ("index", "row", "label", "label_code", "true_label", "is_noisy", "is_adversarial", "source", "group")
 
 
 def write_csv(path, rows: list[dict]) -> None:
@@ -62,6 +73,82 @@ def read_csv(path) -> list[dict]:
 
     with open(path, newline="") as handle:
         return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _check_csv(path):
+    """A results CSV: a header, at least one data row, every row as long as the header, a final newline."""
+    name = os.path.basename(path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw and not raw.endswith(b"\n"):
+        raise ValueError(f"{path}: the last line has no line end, so the file was cut mid-row (an interrupted "
+                         "or damaged run); rerun the subcommand")
+    try:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err}); rerun the subcommand") from None
+    if len(rows) < 2:
+        raise ValueError(f"{path}: {'empty' if not rows else 'header only, no data rows'}; {name} of a finished run "
+                         "has one row per result; rerun the subcommand")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise ValueError(f"{path}: line {line} has {len(row)} fields, the header has {len(rows[0])} (a cut or "
+                             "damaged file); rerun the subcommand")
+
+
+def _check_contents(out_dir, found):
+    for name in RESULT_CSVS:
+        if name in found:
+            _check_csv(os.path.join(out_dir, name))
+    if "settings.json" in found:
+        path = os.path.join(out_dir, "settings.json")
+        try:
+            with open(path) as handle:
+                settings = json.load(handle)
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); rerun the subcommand") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"{path}: expected a JSON object of settings, got a {type(settings).__name__}")
+        return settings
+    return {}
+
+
+def check_results(out_dir, *, require_manifest: bool = True) -> None:
+    """Raise ValueError (one line, naming the file) unless ``out_dir`` holds a finished, unmodified run.
+
+    Finished: no ``INCOMPLETE_MARKER``, a ``manifest.json`` (required with ``require_manifest``) whose
+    every file exists with its recorded size and SHA-256; every results CSV has a header, data rows of
+    the header's length and a final newline; ``settings.json`` is a JSON object.
+    """
+    import hashlib
+
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir!r} is not a directory with results; run a subcommand first")
+    found = set(os.listdir(out_dir))
+    if INCOMPLETE_MARKER in found:
+        raise ValueError(f"{os.path.join(out_dir, INCOMPLETE_MARKER)}: this run did not finish; rerun the subcommand")
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if MANIFEST not in found:
+        if require_manifest:
+            raise ValueError(f"{manifest_path}: missing, so {out_dir} is not a finished ntk-info run (interrupted, "
+                             "or written by something else); rerun the subcommand")
+    else:
+        try:
+            with open(manifest_path) as handle:
+                files = json.load(handle)["files"]
+            entries = [(rel, int(e["bytes"]), str(e["sha256"])) for rel, e in files.items()]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{manifest_path}: unreadable ({type(err).__name__}: {err}); rerun the subcommand") \
+                from None
+        for rel, size, digest in entries:
+            path = os.path.join(out_dir, rel)
+            if not os.path.isfile(path):
+                raise ValueError(f"{path}: listed in {MANIFEST} but missing (an interrupted or edited run); rerun the "
+                                 "subcommand")
+            if os.path.getsize(path) != size or hashlib.sha256(open(path, "rb").read()).hexdigest() != digest:
+                raise ValueError(f"{path}: changed since the run wrote it ({os.path.getsize(path)} bytes, {MANIFEST} "
+                                 f"says {size}); rerun the subcommand")
+    _check_contents(out_dir, found)
 
 
 def _columns(rows):
@@ -303,13 +390,13 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         raise ValueError(f"{out_dir}: no results to report (expected scores.csv, detection.csv, summarize.csv, "
                          "sources.csv or compare.csv)")
     page = _Page(out_dir)
-    settings = {}
-    if "settings.json" in found:
-        with open(os.path.join(out_dir, "settings.json")) as handle:
-            settings = json.load(handle)
+    settings = _check_contents(out_dir, found)
     page.parts.append(f"<h1>{html.escape(title)}</h1>")
     if settings.get("trust"):
         page.parts.append(trust_box(settings["trust"]))
+    if settings.get("warnings"):
+        page.heading("Warnings")
+        page.findings([str(w) for w in settings["warnings"]])
     findings = _key_findings(out_dir, found)
     if findings:
         page.findings(findings)
@@ -428,15 +515,20 @@ def _scores_section(page, out_dir, cols, settings):
         with np.load(inputs) as f:
             X, image_shape = f["X"], tuple(int(s) for s in f["image_shape"])
         order = np.argsort(-values, kind="stable")
-        labels = cols["label"].astype(int)
+        labels = np.array([_label(v) for v in cols["label"]])
         noisy = cols["is_noisy"].astype(float) > 0 if "is_noisy" in cols else np.zeros(values.size, bool)
-        true = cols["true_label"].astype(int) if "true_label" in cols else labels
+        true = np.array([_label(v) for v in cols["true_label"]]) if "true_label" in cols else labels
         for name, idx in (("most", order[:20]), ("least", order[::-1][:20])):
             caps = [f"y={labels[i]}" + (f" (true {true[i]})" if noisy[i] else "") for i in idx]
             page.figure(f"grid_{name}_informative", image_grid_figure(X[idx], image_shape, caps,
                                                                       f"{name} informative by {main}"),
                         f"The 20 {name} informative training samples (training label; '(true c)' marks a "
                         "flipped label and its true class).")
+
+
+def _label(value):
+    """A label read back from CSV for a caption: 3.0 -> '3', 'cat' -> 'cat'."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _detection_section(page, out_dir, cols):

@@ -19,7 +19,8 @@ from . import scores as _scores
 from .features import _check_apply, _check_inputs, projected_features
 from .loo import leave_one_out
 
-__all__ = ["score", "ScoreResult", "KERNELS", "TRACE_ROWS_THRESHOLD"]
+__all__ = ["score", "score_features", "ScoreResult", "KERNELS", "TRACE_ROWS_THRESHOLD", "kernel_for",
+           "trace_features", "loo_residuals"]
 
 KERNELS = ("auto", "full", "trace")
 TRACE_ROWS_THRESHOLD = 4000  # kernel="auto" uses the output-averaged kernel when n·k exceeds this
@@ -172,9 +173,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     weight_decay = _check_scalar(weight_decay, "weight_decay")
     sigma = _check_scalar(sigma, "sigma", strict=True)
     sgd_batch_size = n if sgd_batch_size is None else int(_check_scalar(sgd_batch_size, "sgd_batch_size", strict=True))
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
-    kernel_used = kernel if kernel != "auto" else ("trace" if k > 1 and n * k > TRACE_ROWS_THRESHOLD else "full")
+    kernel_for(n, k, kernel)
 
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
@@ -183,43 +182,15 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     if X_val is not None:
         feats_val = feats.projection.features(X_val, batch_size=batch_size, progress=progress)
     t_val = time.perf_counter()
-
-    residuals = Y - feats.outputs
-    phi, phi_val = feats.phi, None if feats_val is None else feats_val.phi
-    if kernel_used == "trace":  # ⟨Φ̃_i, Φ̃_j⟩ = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩
-        phi = phi.reshape(n, -1) / math.sqrt(k)
-        phi_val = None if phi_val is None else phi_val.reshape(phi_val.shape[0], -1) / math.sqrt(k)
-    loo = leave_one_out(features=phi, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
-                        discrete=discrete, cross_features=phi_val, mode=mode, progress=progress)
-    t_loo = time.perf_counter()
-
-    self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
-    fitted = np.asarray(loo.fitted_residuals).reshape(n, k)
-    loo_residuals = fitted + self_change
-    diag = np.einsum("iap,iap->i", feats.phi, feats.phi)
+    result = score_features(feats.phi, feats.outputs, Y, None if feats_val is None else feats_val.phi, lr=lr,
+                            steps=steps, weight_decay=weight_decay, discrete=discrete, mode=mode, kernel=kernel,
+                            sigma=sigma, sgd_batch_size=sgd_batch_size, progress=progress)
     settings = {
-        **feats.projection.settings(), "feature_batch_size": feats.batch_size,
-        "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": "sum",
-        "sigma": sigma, "sgd_batch_size": sgd_batch_size, "targets": targets or "float",
-        "kernel": kernel_used, "kernel_requested": kernel, "mode_requested": mode, "mode": loo.mode,
-        "basis": loo.basis, "rank": int(loo.rank), "n": n, "k": k, "n_val": int(loo.n_val),
-        "seconds_features": t_features - t_start, "seconds_val_features": t_val - t_features,
-        "seconds_loo": t_loo - t_val, "seconds_total": time.perf_counter() - t_start,
+        **feats.projection.settings(), "feature_batch_size": feats.batch_size, **result.settings,
+        "targets": targets or "float", "seconds_features": t_features - t_start,
+        "seconds_val_features": t_val - t_features, "seconds_total": time.perf_counter() - t_start,
     }
-    result = ScoreResult(
-        si=np.asarray(_scores.si_isotropic(loo, sigma)),
-        si_langevin=np.asarray(_scores.si_langevin(loo, lr=lr, batch_size=sgd_batch_size,
-                                                   weight_decay=weight_decay, sigma=sigma)),
-        fsi=None if X_val is None else np.asarray(_scores.fsi(loo, sigma)),
-        weight_change_sq=np.asarray(loo.weight_change_sq),
-        prediction_change_sq=None if X_val is None else np.asarray(loo.prediction_change_sq),
-        train_prediction_change_sq=np.asarray(loo.train_prediction_change_sq),
-        loo_residuals=loo_residuals, self_prediction_change=self_change, fitted_residuals=fitted,
-        loo_loss=0.5 * np.sum(loo_residuals ** 2, axis=1), outputs=feats.outputs,
-        kernel_diagonal_stats={"min": float(diag.min()), "median": float(np.median(diag)),
-                               "mean": float(diag.mean()), "max": float(diag.max())},
-        settings=settings, projection=feats.projection,
-    )
+    result = dataclasses.replace(result, settings=settings, projection=feats.projection)
     if not trust_samples:
         return result
     from .evidence import trust
@@ -228,3 +199,79 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
                      weight_decay=weight_decay, samples=trust_samples, seed=seed, progress=progress)
     settings["seconds_trust"] = evidence["seconds"]["total"]
     return dataclasses.replace(result, trust=evidence)
+
+
+def kernel_for(n: int, k: int, kernel: str = "auto") -> str:
+    """The kernel ``score`` uses for n samples with k outputs: ``kernel``, or for "auto" "trace" when
+    k > 1 and n·k > TRACE_ROWS_THRESHOLD, else "full" (see ``score``)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    return "trace" if k > 1 and n * k > TRACE_ROWS_THRESHOLD else "full"
+
+
+def trace_features(phi) -> np.ndarray:
+    """Features of the output-averaged kernel: Φ (n, k, p) -> Φ̃ (n, k·p)/√k, ⟨Φ̃_i, Φ̃_j⟩ = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩."""
+    phi = np.asarray(phi)
+    return phi.reshape(phi.shape[0], -1) / math.sqrt(phi.shape[1])
+
+
+def loo_residuals(loo, n: int, k: int) -> np.ndarray:
+    """y_i - f_{-i}(x_i) = (y_i - f(x_i)) + (f(x_i) - f_{-i}(x_i)), (n, k), from a ``leave_one_out`` result."""
+    return (np.asarray(loo.fitted_residuals).reshape(n, k)
+            + np.asarray(loo.self_prediction_change).reshape(n, k))
+
+
+def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0, discrete=False, mode="auto",
+                   kernel="auto", sigma=1.0, sgd_batch_size=None, progress=True) -> ScoreResult:
+    """``score`` from features: Φ (n, k, p), f0(X) = ``outputs`` (n, k), float targets ``Y`` (n, k), Φ_val (m, k, p).
+
+    The exact LOO and scores of ``score`` (same equations and settings) for features computed once,
+    e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``: see ``score``.
+    """
+    t_start = time.perf_counter()
+    phi = np.asarray(phi)
+    outputs = np.asarray(outputs)
+    if phi.ndim != 3 or outputs.shape != phi.shape[:2]:
+        raise ValueError(f"phi, outputs: expected shapes (n, k, p) and (n, k), got {phi.shape} and {outputs.shape}")
+    n, k = outputs.shape
+    Y = np.asarray(Y, dtype=np.float64).reshape(n, -1) if np.ndim(Y) == 1 else np.asarray(Y, dtype=np.float64)
+    if Y.shape != (n, k):
+        raise ValueError(f"Y: expected float targets of shape ({n}, {k}) like outputs, got {Y.shape}")
+    sgd_batch_size = n if sgd_batch_size is None else sgd_batch_size
+    kernel_used = kernel_for(n, k, kernel)
+    residuals = Y - outputs
+    if kernel_used == "trace":
+        phi_used, phi_val_used = trace_features(phi), None if phi_val is None else trace_features(phi_val)
+    else:
+        phi_used, phi_val_used = phi, phi_val
+    loo = leave_one_out(features=phi_used, residuals=residuals, lr=lr, steps=steps, weight_decay=weight_decay,
+                        discrete=discrete, cross_features=phi_val_used, mode=mode, progress=progress)
+    t_loo = time.perf_counter()
+
+    self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
+    fitted = np.asarray(loo.fitted_residuals).reshape(n, k)
+    residuals_loo = loo_residuals(loo, n, k)
+    diag = np.einsum("iap,iap->i", phi, phi)
+    settings = {
+        "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": "sum",
+        "sigma": sigma, "sgd_batch_size": sgd_batch_size,
+        "kernel": kernel_used, "kernel_requested": kernel, "mode_requested": mode, "mode": loo.mode,
+        "basis": loo.basis, "rank": int(loo.rank), "n": n, "k": k, "n_val": int(loo.n_val),
+        "seconds_loo": t_loo - t_start,
+    }
+    return ScoreResult(
+        si=np.asarray(_scores.si_isotropic(loo, sigma)),
+        si_langevin=np.asarray(_scores.si_langevin(loo, lr=lr, batch_size=sgd_batch_size,
+                                                   weight_decay=weight_decay, sigma=sigma)),
+        fsi=None if phi_val is None else np.asarray(_scores.fsi(loo, sigma)),
+        weight_change_sq=np.asarray(loo.weight_change_sq),
+        prediction_change_sq=None if phi_val is None else np.asarray(loo.prediction_change_sq),
+        train_prediction_change_sq=np.asarray(loo.train_prediction_change_sq),
+        loo_residuals=residuals_loo, self_prediction_change=self_change, fitted_residuals=fitted,
+        loo_loss=0.5 * np.sum(residuals_loo ** 2, axis=1), outputs=outputs,
+        kernel_diagonal_stats={"min": float(diag.min()), "median": float(np.median(diag)),
+                               "mean": float(diag.mean()), "max": float(diag.max())},
+        settings=settings,
+    )

@@ -160,7 +160,7 @@ def test_fgsm_matches_the_formula_and_keeps_only_successes():
     res = fgsm(apply_fn, W, X, y, num_classes=3, eps=0.2, fraction=0.25, seed=0)
     # brute force: grad_x ½||xW - e_y||² = W (xW - e_y)
     grad = (X @ np.asarray(W) - np.eye(3)[y]) @ np.asarray(W).T
-    x_adv = np.clip(X + 0.2 * np.sign(grad), 0, 1)
+    x_adv = np.clip(X + 0.2 * np.ptp(X) * np.sign(grad), X.min(), X.max())  # ε is a fraction of X's range
     success = np.argmax(x_adv @ np.asarray(W), axis=1) != y
     adv = res.is_adversarial
     assert 0 < adv.sum() <= 10 and success[adv].all()

@@ -1,0 +1,401 @@
+"""The ``ntk-info`` pipeline as library code: data → model → learning rate → scores, every decision here.
+
+The command line (``ntk_info.cli``) parses its arguments into a frozen :class:`PipelineConfig`,
+calls :func:`load_data` and :class:`Pipeline`, and prints. The numerical decisions, each tested once:
+
+- learning rate η: ``config.lr``, or 1/(λ_max + λ) with λ_max the largest eigenvalue of the NTK at
+  init on the training inputs (``ntk_info.features.ntk_lambda_max``, the sum loss). Full-batch GD —
+  how the network is trained and what the scores assume — diverges for η ≥ 2/(λ_max + λ)
+  (``ntk_info.dynamics.max_stable_lr``): such an η is refused (:class:`UnstableLearningRate`) unless
+  ``allow_unstable_lr``, and then carried as a warning in the settings;
+- kernel: ``ntk_info.scorer.kernel_for`` (the full (n·k)² NTK, or the output-averaged "trace" kernel
+  shared by the k outputs when n·k > ``TRACE_ROWS_THRESHOLD``); the settings record which;
+- influence/MPE damping (:func:`influence_damping`): regularizer δ = λ when λ > 0, else 1/(η t);
+- validation split: even positions of the held-out split for F-SI, odd positions for test accuracy;
+  ``rows_*`` map every sample back to its row in the user's data (:func:`split_rows`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["PipelineConfig", "ConfigError", "UnstableLearningRate", "DegenerateData", "PipelineData", "Pipeline",
+           "load_data", "choose_lr", "check_lr_stability", "influence_damping", "loo_residual_norms", "base_scores",
+           "split_rows", "check_model_input", "IMAGE_MODELS"]
+
+IMAGE_MODELS = ("cnn", "resnet")
+
+
+class ConfigError(ValueError):
+    """A setting outside its valid range; ``field`` names the :class:`PipelineConfig` field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class UnstableLearningRate(ValueError):
+    """η ≥ 2/(λ_max + λ): full-batch GD diverges, and so would the scores' closed form."""
+
+
+class DegenerateData(ValueError):
+    """Inputs on which the NTK is degenerate (constant inputs, values that overflow)."""
+
+
+def _integer(value, field, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(field, f"expected an integer >= {minimum}, got {value!r}")
+
+
+def _number(value, field, *, low, high=math.inf, low_open=False, high_open=True):
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(field, f"expected a finite number in {interval}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of one run: data, model, training, projection, kernel, seed.
+
+    Training: ``steps`` full-batch GD steps of size ``lr`` (None: 1/(λ_max + λ)) on the sum loss
+    Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||², λ = ``weight_decay``. Scores: ``coords_per_layer``
+    Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace".
+    """
+
+    data: str = "digits"
+    labels: str | None = None
+    label_column: str = "label"
+    source_column: str | None = None
+    group_column: str | None = None
+    classes: tuple | None = None
+    n_train: int | None = None
+    val_fraction: float = 0.3
+    noise: float = 0.0
+    model: str = "mlp"
+    width: int = 256
+    lr: float | None = None
+    steps: int = 1000
+    weight_decay: float = 0.0
+    coords_per_layer: int = 2000
+    projection: str = "countsketch"
+    kernel: str = "auto"
+    allow_unstable_lr: bool = False
+    seed: int = 0
+
+    def validate(self) -> "PipelineConfig":
+        """Raise :class:`ConfigError` naming the first invalid field; return self."""
+        from ntk_info.features import METHODS
+        from ntk_info.scorer import KERNELS
+
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ConfigError("data", f"expected a dataset name or a file path, got {self.data!r}")
+        if self.classes is not None and len(set(self.classes)) < 2:
+            raise ConfigError("classes", f"expected at least two distinct classes, got {list(self.classes)}")
+        if self.n_train is not None:
+            _integer(self.n_train, "n_train", 2)
+        _number(self.val_fraction, "val_fraction", low=0, low_open=True, high=1)
+        _number(self.noise, "noise", low=0, high=1)
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", f"expected a model name or package.module:factory, got {self.model!r}")
+        _integer(self.width, "width", 1)
+        if self.lr is not None:
+            _number(self.lr, "lr", low=0, low_open=True)
+        _integer(self.steps, "steps", 1)
+        _number(self.weight_decay, "weight_decay", low=0)
+        _integer(self.coords_per_layer, "coords_per_layer", 1)
+        if self.projection not in METHODS:
+            raise ConfigError("projection", f"expected one of {', '.join(METHODS)}, got {self.projection!r}")
+        if self.kernel not in KERNELS:
+            raise ConfigError("kernel", f"expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        _integer(self.seed, "seed", 0)
+        if self.seed >= 2 ** 32:
+            raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineData:
+    """The loaded data after label noise, with the held-out split cut into validation and test halves.
+
+    ``labels`` are the integer codes used for training (with noise), ``true_labels`` the clean ones;
+    ``rows_train`` / ``rows_val`` / ``rows_test`` are rows of the user's data (``dataset.val_array``
+    names the array the held-out rows index).
+    """
+
+    dataset: object
+    labels: np.ndarray
+    is_noisy: np.ndarray | None
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    rows_val: np.ndarray
+    rows_test: np.ndarray
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.dataset.X
+
+    @property
+    def true_labels(self) -> np.ndarray:
+        return self.dataset.y
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def rows_train(self) -> np.ndarray:
+        return self.dataset.rows
+
+    def label_text(self, codes) -> np.ndarray:
+        """Labels as the user wrote them, for integer codes."""
+        return np.asarray(self.dataset.label_values, dtype=object)[np.asarray(codes)]
+
+
+def _parse_classes(classes):
+    return None if classes is None else [int(c) if str(c).strip().lstrip("-").isdigit() else str(c).strip()
+                                         for c in classes]
+
+
+def load_data(config: PipelineConfig) -> PipelineData:
+    """Load ``config.data`` (``ntk_info.data.load_dataset``), add label noise, split validation/test.
+
+    Raises ValueError for unusable data (naming the file or array), :class:`ConfigError` for a noise
+    rate that flips no sample, :class:`DegenerateData` when every input feature is constant.
+    """
+    from ntk_info import data as data_mod
+
+    config.validate()
+    ds = data_mod.load_dataset(config.data, labels=config.labels, val_fraction=config.val_fraction, seed=config.seed,
+                               n_train=config.n_train, classes=_parse_classes(config.classes),
+                               label_column=config.label_column, source_column=config.source_column,
+                               group_column=config.group_column)
+    n = ds.X.shape[0]
+    if np.ptp(ds.X.reshape(n, -1), axis=0).max() == 0:
+        raise DegenerateData(f"data {config.data!r}: every input feature is constant across the {n} training samples "
+                             "(after scaling); the NTK cannot tell the samples apart. Check the file's feature "
+                             "columns")
+    if ds.X_val.shape[0] < 2:
+        raise DegenerateData(f"data {config.data!r}: the held-out split has {ds.X_val.shape[0]} sample(s); F-SI "
+                             "and test accuracy need at least 2 (raise --val-fraction or add X_val)")
+    labels, is_noisy = ds.y, None
+    if config.noise:
+        flips = int(round(config.noise * n))
+        if flips == 0:
+            raise ConfigError("noise", f"{config.noise} flips no sample of the {n} training samples (round(rate·n) = "
+                                       f"0); use a rate >= {0.5 / n:.3g}, or 0 for no noise")
+        labels, is_noisy, _ = data_mod.add_label_noise(ds.y, config.noise, ds.num_classes, seed=config.seed)
+    rows_val = ds.rows_val if ds.rows_val is not None else np.arange(ds.X_val.shape[0])
+    return PipelineData(ds, labels, is_noisy, ds.X_val[::2], ds.y_val[::2], ds.X_val[1::2], ds.y_val[1::2],
+                        rows_val[::2], rows_val[1::2])
+
+
+def check_model_input(model: str, data: PipelineData) -> None:
+    """Refuse an image model (cnn, resnet) on tabular data, naming both."""
+    if model in IMAGE_MODELS and data.dataset.image_shape is None:
+        raise ConfigError("model", f"{model} needs images (n, H, W, C), but {data.dataset.name!r} has tabular rows of "
+                                   f"{int(np.prod(data.X.shape[1:]))} features; use --model mlp")
+
+
+def choose_lr(lr: float | None, lambda_max: float, weight_decay: float = 0.0) -> tuple[float, str]:
+    """(η, rule): ``lr`` if given, else η = 1/(λ_max + λ), half GD's stability limit 2/(λ_max + λ)."""
+    if lr is not None:
+        return float(lr), "given"
+    return 1.0 / (lambda_max + weight_decay), "1/(lambda_max + weight_decay), NTK at init"
+
+
+def check_lr_stability(lr: float, lambda_max: float, weight_decay: float = 0.0, *, allow: bool = False) -> list[str]:
+    """Warnings for η ≥ 2/(λ_max + λ) (full-batch GD on the sum loss diverges along the top eigenvector).
+
+    Raises :class:`UnstableLearningRate` with the limit unless ``allow``; then returns the warning.
+    """
+    from ntk_info.dynamics import max_stable_lr
+
+    limit = max_stable_lr(lambda_max, weight_decay)
+    if lr < limit:
+        return []
+    text = (f"lr {lr:.6g} is at or above the GD stability limit 2/(lambda_max + weight_decay) = {limit:.6g} "
+            f"(lambda_max = {lambda_max:.6g}, NTK at init): training diverges and the scores are not meaningful")
+    if not allow:
+        raise UnstableLearningRate(f"lr: {text}; use --lr below {limit:.4g} (or omit --lr for 1/(lambda_max + "
+                                   "weight_decay)), or pass --allow-unstable-lr to proceed anyway")
+    return [text]
+
+
+def influence_damping(lr: float, steps: float, weight_decay: float) -> float:
+    """Damping added to λ in influence/MPE, so that their regularizer δ = λ + damping is λ when λ > 0, else
+    1/(η t): t GD steps from w0 act like ridge with λ_eff ≈ 1/(η t) (early stopping ~ weight decay)."""
+    return 0.0 if weight_decay > 0 else 1.0 / (lr * steps)
+
+
+def loo_residual_norms(result) -> np.ndarray:
+    """||y_i - f_{-i}(x_i)|| per sample, (n,), from a ``ScoreResult``."""
+    residuals = np.asarray(result.loo_residuals)
+    return np.linalg.norm(residuals.reshape(residuals.shape[0], -1), axis=1)
+
+
+def base_scores(result, by=("fsi", "si", "loo_residual")) -> dict:
+    """The per-sample scores ntk_info ranks by: {"fsi", "si", "loo_residual"} (n,) each, from a ``ScoreResult``."""
+    values = {"fsi": lambda: np.asarray(result.fsi), "si": lambda: np.asarray(result.si),
+              "loo_residual": lambda: loo_residual_norms(result)}
+    unknown = [b for b in by if b not in values]
+    if unknown:
+        raise ValueError(f"by: unknown scores {unknown}; valid: {list(values)}")
+    return {b: values[b]() for b in by}
+
+
+def split_rows(data: PipelineData) -> list[dict]:
+    """One row per sample used: its row in the user's data, the array that row indexes, and its role
+    (train / validation / test). Rows not listed were not used (``--classes``, ``--n-train``)."""
+    ds = data.dataset
+    out = []
+    for split, rows, array in (("train", data.rows_train, "X"), ("validation", data.rows_val, ds.val_array),
+                               ("test", data.rows_test, ds.val_array)):
+        out += [{"row": int(r), "array": array, "split": split} for r in rows]
+    return out
+
+
+def _no_stage(name):
+    return contextlib.nullcontext()
+
+
+class Pipeline:
+    """Model, learning rate and scorers for one :class:`PipelineConfig` on loaded :class:`PipelineData`.
+
+    ``stage(name)`` is a context manager factory for timing (the CLI prints them); ``progress`` shows bars.
+    Raises :class:`UnstableLearningRate` or :class:`DegenerateData` before any training or scoring.
+    """
+
+    def __init__(self, config: PipelineConfig, data: PipelineData, *, stage=None, progress: bool = True):
+        from ntk_info.scorer import kernel_for
+        from ntk_info.training import targets
+
+        self.config, self.data = config, data
+        self.stage = stage or _no_stage
+        self.progress = progress
+        check_model_input(config.model, data)
+        self.X = data.X
+        self.Y = targets(data.labels, data.num_classes)
+        with self.stage("build model"):
+            self.model, self.params0 = self._build(config.model, config.width, config.seed)
+        with self.stage("estimate lr"):
+            self.lambda_max = self._lambda_max(self.model, self.params0, config.model)
+        self.lr, self.lr_rule = choose_lr(config.lr, self.lambda_max, config.weight_decay)
+        self.warnings = check_lr_stability(self.lr, self.lambda_max, config.weight_decay,
+                                           allow=config.allow_unstable_lr)
+        self.damping = influence_damping(self.lr, config.steps, config.weight_decay)
+        self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
+        self._trained = None
+
+    def _build(self, name, width, seed):
+        from ntk_info.models import get_model, init_params
+
+        try:
+            model = get_model(name, self.data.num_classes, **({"width": width} if name == "mlp" else {}))
+        except ValueError as err:  # unknown name, unloadable factory
+            raise ConfigError("model", str(err)) from None
+        return model, init_params(model, self.X.shape[1:], seed=seed)
+
+    def _lambda_max(self, model, params0, name):
+        from ntk_info.features import ntk_lambda_max
+
+        lam = ntk_lambda_max(model.apply_fn, params0, self.X, seed=self.config.seed)
+        if not (math.isfinite(lam) and lam > 0):
+            raise DegenerateData(
+                f"data {self.config.data!r}: the NTK of the {name} at init is degenerate on these inputs "
+                f"(largest eigenvalue {lam!r}; inputs range over [{float(np.min(self.X)):.3g}, "
+                f"{float(np.max(self.X)):.3g}]): rescale X (e.g. to [0, 1] or standardized) and make sure the "
+                "features vary")
+        return lam
+
+    def retraining_setup(self, name: str, width: int):
+        """(model, params0, lr, warnings) for retraining another architecture on kept subsets (init seed + 1):
+        ``config.lr`` or 1/(λ_max + λ) of that model's NTK at init, checked like the scored model's."""
+        model, params0 = self._build(name, width, self.config.seed + 1)
+        lam = self._lambda_max(model, params0, name)
+        lr, _ = choose_lr(self.config.lr, lam, self.config.weight_decay)
+        return model, params0, lr, check_lr_stability(lr, lam, self.config.weight_decay,
+                                                      allow=self.config.allow_unstable_lr)
+
+    def replace_inputs(self, X) -> None:
+        """Train and score on ``X`` instead (e.g. with adversarial examples); forgets the trained network."""
+        self.X = np.asarray(X)
+        self._trained = None
+
+    def trained(self):
+        """The real network after ``steps`` full-batch GD steps on (X, Y) (``ntk_info.training.train``), cached."""
+        if self._trained is None:
+            from ntk_info.training import train
+
+            with self.stage("train network"):
+                self._trained = train(self.model.apply_fn, self.params0, self.X, self.Y, lr=self.lr,
+                                      steps=self.config.steps, weight_decay=self.config.weight_decay)
+        return self._trained
+
+    def _score_options(self):
+        c = self.config
+        return dict(lr=self.lr, steps=c.steps, weight_decay=c.weight_decay, discrete=True, kernel=self.kernel)
+
+    def score(self):
+        """``ntk_info.score`` of the training samples (F-SI on the validation half)."""
+        import ntk_info
+
+        c = self.config
+        with self.stage("scores (F-SI, SI, LOO)"):
+            return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
+                                  coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
+                                  progress=self.progress, **self._score_options())
+
+    def rescorer(self, by: str):
+        """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
+
+        Features (and f0) do not depend on which samples are kept: computed once with the same
+        projection as :meth:`score`, then ``ntk_info.scorer.score_features`` on ``phi[kept]`` — the
+        code path of ``score``, so rescoring all samples reproduces :meth:`score`.
+        """
+        import ntk_info
+        from ntk_info.scorer import score_features
+
+        c = self.config
+        with self.stage("features for rescoring"):
+            feats = ntk_info.projected_features(self.model.apply_fn, self.params0, self.X,
+                                                coords_per_layer=c.coords_per_layer, seed=c.seed,
+                                                method=c.projection, progress=False)
+            phi_val = feats.projection.features(self.data.X_val, progress=False).phi
+        options = self._score_options()
+        options["kernel"] = self.kernel  # decided for the full set: the kept subsets keep the same kernel
+
+        def score_fn(kept):
+            kept = np.asarray(kept)
+            with self.stage("rescoring (iterative)"):
+                result = score_features(feats.phi[kept], feats.outputs[kept], self.Y[kept], phi_val, progress=False,
+                                        **options)
+            return base_scores(result, (by,))[by]
+
+        return score_fn
+
+    def settings(self) -> dict:
+        """Every setting that produced the numbers, as used (for settings.json)."""
+        c, d = self.config, self.data
+        return {"data": c.data, "n_train": int(self.X.shape[0]), "n_val": int(d.X_val.shape[0]),
+                "n_test": int(d.X_test.shape[0]), "num_classes": d.num_classes, "noise": c.noise,
+                "model": c.model, "width": c.width if c.model == "mlp" else None,
+                "lr": self.lr, "lr_rule": self.lr_rule, "lambda_max_ntk_init": self.lambda_max,
+                "lr_stability_limit": 2.0 / (self.lambda_max + c.weight_decay),
+                "steps": c.steps, "weight_decay": c.weight_decay,
+                "influence/MPE damping added to weight_decay": self.damping,
+                "influence/MPE regularizer (weight_decay + damping)": c.weight_decay + self.damping,
+                "influence/MPE Jacobian": "exact when n*k <= 2000, else projected features at the trained weights",
+                "coords_per_layer": c.coords_per_layer, "projection": c.projection,
+                "kernel": self.kernel, "kernel_requested": c.kernel,
+                "kernel_meaning": {"full": "full NTK, (n*k) x (n*k)",
+                                   "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
+                                   }[self.kernel],
+                "seed": c.seed, "warnings": list(self.warnings)}

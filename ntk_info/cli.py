@@ -309,7 +309,8 @@ def _config(args):
         group_column=args.group_column, classes=classes, n_train=args.n_train, val_fraction=args.val_fraction,
         noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
         weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
-        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed)
+        kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed,
+        trust_samples=args.trust_samples)
     try:
         return config.validate()
     except ConfigError as err:
@@ -418,12 +419,26 @@ class _Run:
         for warning in settings.get("warnings", []):
             print(f"ntk-info: warning: {warning}", file=sys.stderr)
         print(self.stages.summary(), file=sys.stderr)
+        if settings.get("trust"):
+            print(_trust_line(settings["trust"]))
         print(f"report: {os.path.join(out, 'report.html')}")
         return 0
 
     def _write_settings(self, settings):
         with open(self.output.path("settings.json"), "w") as handle:
             json.dump(dict(settings, timings=self.stages.times), handle, indent=1, default=str)
+
+
+def _trust_line(trust):
+    """One stdout line: the verdict of ntk_info.trust and the figures behind it."""
+    spot = trust.get("spot_check") or {}
+    measure = spot.get(spot.get("ranked_by_measure", "predictions")) or {}
+    ci = measure.get("pearson_interval")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    return (f"trust: {trust['verdict'].upper()} (spot check {spot.get('ranked_by', 'score')} Pearson "
+            f"{fmt(measure.get('pearson'))}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            + f" on {spot.get('samples')} retrainings, linearization gap {fmt(trust.get('linearization_gap'))}, "
+            f"stability margin {fmt(trust.get('stability_margin'))}); details at the top of the report")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -714,6 +729,9 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                         "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
                         "settings.json records which was used)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
+    g.add_argument("--trust-samples", type=int, default=12,
+                   help="retrain the real network without this many samples (spread over the F-SI ranking) and "
+                        "report whether the scores can be trusted; 0 skips it (default: 12)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=out, required=out is None, help="output directory" +
                    (f" (default: {out})" if out else ""))

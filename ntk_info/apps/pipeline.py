@@ -66,6 +66,7 @@ class PipelineConfig:
     Training: ``steps`` full-batch GD steps of size ``lr`` (None: 1/(λ_max + λ)) on the sum loss
     Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||², λ = ``weight_decay``. Scores: ``coords_per_layer``
     Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace".
+    Evidence (``ntk_info.trust``): the real network retrained without ``trust_samples`` samples (0 skips it).
     """
 
     data: str = "digits"
@@ -87,6 +88,7 @@ class PipelineConfig:
     kernel: str = "auto"
     allow_unstable_lr: bool = False
     seed: int = 0
+    trust_samples: int = 12
 
     def validate(self) -> "PipelineConfig":
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
@@ -114,6 +116,7 @@ class PipelineConfig:
         if self.kernel not in KERNELS:
             raise ConfigError("kernel", f"expected one of {', '.join(KERNELS)}, got {self.kernel!r}")
         _integer(self.seed, "seed", 0)
+        _integer(self.trust_samples, "trust_samples", 0)
         if self.seed >= 2 ** 32:
             raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
         return self
@@ -293,6 +296,7 @@ class Pipeline:
         self.damping = influence_damping(self.lr, config.steps, config.weight_decay)
         self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
         self._trained = None
+        self.trust = None
 
     def _build(self, name, width, seed):
         from ntk_info.models import get_model, init_params
@@ -344,14 +348,24 @@ class Pipeline:
         return dict(lr=self.lr, steps=c.steps, weight_decay=c.weight_decay, discrete=True, kernel=self.kernel)
 
     def score(self):
-        """``ntk_info.score`` of the training samples (F-SI on the validation half)."""
+        """``ntk_info.score`` of the training samples (F-SI on the validation half), with ``result.trust`` (and
+        ``self.trust``) = ``ntk_info.trust`` on ``trust_samples`` retrainings unless that is 0."""
         import ntk_info
 
         c = self.config
         with self.stage("scores (F-SI, SI, LOO)"):
-            return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
-                                  coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
-                                  progress=self.progress, **self._score_options())
+            result = ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
+                                    coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
+                                    progress=self.progress, trust_samples=0, **self._score_options())
+        if not c.trust_samples:
+            return result
+        samples = min(c.trust_samples, self.X.shape[0])
+        with self.stage(f"trust check (1 training + {samples} retrainings)"):
+            self.trust = ntk_info.trust(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
+                                        self.data.y_val, result=result, lr=self.lr, steps=c.steps,
+                                        weight_decay=c.weight_decay, samples=samples, seed=c.seed,
+                                        progress=self.progress)
+        return dataclasses.replace(result, trust=self.trust)
 
     def rescorer(self, by: str):
         """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
@@ -398,4 +412,5 @@ class Pipeline:
                 "kernel_meaning": {"full": "full NTK, (n*k) x (n*k)",
                                    "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
                                    }[self.kernel],
-                "seed": c.seed, "warnings": list(self.warnings)}
+                "seed": c.seed, "warnings": list(self.warnings), "trust_samples": c.trust_samples,
+                **({"trust": self.trust} if self.trust is not None else {})}

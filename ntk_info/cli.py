@@ -435,7 +435,8 @@ def _trust_line(trust):
     measure = spot.get(spot.get("ranked_by_measure", "predictions")) or {}
     ci = measure.get("pearson_interval")
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-    return (f"trust: {trust['verdict'].upper()} (spot check {spot.get('ranked_by', 'score')} Pearson "
+    ranked_by = {"fsi": "F-SI", "si": "SI"}.get(spot.get("ranked_by"), "score")
+    return (f"trust: {trust['verdict'].upper()} (spot check {ranked_by} Pearson "
             f"{fmt(measure.get('pearson'))}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             + f" on {spot.get('samples')} retrainings, linearization gap {fmt(trust.get('linearization_gap'))}, "
             f"stability margin {fmt(trust.get('stability_margin'))}); details at the top of the report")

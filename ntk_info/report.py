@@ -289,6 +289,9 @@ _TRUST_HEADLINES = {
 }
 
 
+_RANKED_BY = {"fsi": "F-SI", "si": "SI"}
+
+
 def _num(value, digits=3):
     return "n/a" if value is None else f"{float(value):.{digits}g}"
 
@@ -311,7 +314,7 @@ def trust_box(trust: dict) -> str:
     spot = trust.get("spot_check") or {}
     rows = [
         ("spot check: retrained without", f"{spot.get('samples', 'n/a')} samples spread over the "
-                                          f"{spot.get('ranked_by', 'score')} ranking"),
+                                          f"{_RANKED_BY.get(spot.get('ranked_by'), 'score')} ranking"),
         ("Pearson, predicted vs retrained ||Δf(X_val)||² (95% CI)", _correlation(spot.get("predictions"))),
         ("Pearson, predicted vs retrained ||Δw||² (95% CI)", _correlation(spot.get("weights"))),
         (f"linearization gap ||f_lin − f|| / ||f − f0|| ({trust.get('gap_inputs', 'validation')})",

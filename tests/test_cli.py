@@ -45,8 +45,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert f"report: {os.path.abspath(out)}/report.html" in stdout
     assert "timing (s):" in err and "total" in err and "Traceback" not in err
     trust = json.load(open(os.path.join(out, "settings.json")))["trust"]
-    assert f"trust: {trust['verdict'].upper()} (spot check fsi Pearson" in stdout and "on 12 retrainings" in stdout
-    assert "trust check (1 training + 12 retrainings)" in err
+    assert f"trust: {trust['verdict'].upper()} (spot check F-SI Pearson" in stdout and "on 12 retrainings" in stdout
+    assert "trust check (12 retrainings)" in err
     detection = read_csv(os.path.join(out, "detection.csv"))
     assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "influence", "mpe", "train_loss",
                                                 "cleanlab"}

@@ -106,6 +106,6 @@ def test_trust_box_at_the_top_with_colour_figures_and_advice(tmp_path, verdict, 
     box = html[start:html.index("</div>", start)]
     for text in ("0.113 [-0.52, 0.81]", "0.402 [-0.10, 0.95]", "0.734", "1.87", "3.9", "0.25 → 0.974",
                  "edge of stability", "1.000 / 0.975", "0.912 / 0.857", "45.2", "lower the learning rate",
-                 "start from pretrained weights", "8 samples spread over the fsi ranking"):
+                 "start from pretrained weights", "8 samples spread over the F-SI ranking"):
         assert text in box, text
     assert html.count("class='trust ") == 1

@@ -360,7 +360,7 @@ class Pipeline:
         if not c.trust_samples:
             return result
         samples = min(c.trust_samples, self.X.shape[0])
-        with self.stage(f"trust check (1 training + {samples} retrainings)"):
+        with self.stage(f"trust check ({samples} retrainings)"):
             self.trust = ntk_info.trust(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
                                         self.data.y_val, result=result, lr=self.lr, steps=c.steps,
                                         weight_decay=c.weight_decay, samples=samples, seed=c.seed,

@@ -42,7 +42,7 @@ THRESHOLDS = {
     "trusted_pearson": 0.9,       # spot-check Pearson of the ranking score (F-SI, else SI) at least this
     "trusted_pearson_other": 0.7,  # ... and of the other measure (||Δw||² when the ranking is F-SI)
     "trusted_gap": 0.3,           # linearization gap at most this
-    "trusted_margin": 0.5,        # stability margin η(λ_max(K_T) + λ)/2 at most this
+    "trusted_margin": 0.75,       # stability margin η(λ_max(K_T) + λ)/2 at most this (CLI default lr: 0.5 at w0)
     "trusted_drift": 0.5,         # kernel drift at most this
     "failed_pearson": 0.5,        # spot-check Pearson of the ranking score below this: not trusted
     "failed_gap": 0.6,            # linearization gap above this: not trusted
@@ -145,7 +145,7 @@ def verdict(figures: dict) -> tuple[str, list, list]:
                    stability margin η(λ_max(K_T) + λ)/2 ≥ 0.9 (the edge of stability: the small CNN
                    from scratch trained at 0.25/λ_max(K_0) sharpens until the margin is ≈ 1 and its
                    Pearson is ≈ 0);
-      trusted      ranking-score Pearson ≥ 0.9, the other measure's ≥ 0.7, gap ≤ 0.3, margin ≤ 0.5
+      trusted      ranking-score Pearson ≥ 0.9, the other measure's ≥ 0.7, gap ≤ 0.3, margin ≤ 0.75
                    and kernel drift ≤ 0.5 (the wide MLP from scratch: Pearson ≈ 1, gap and drift
                    a few percent, margin ≈ 0.02);
       caution      anything in between (the pretrained CNN: Pearson ≈ 0.9, gap ≈ 0.2–0.4).
@@ -345,7 +345,7 @@ def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, st
     kernel_drift, kernel_drift_rows   ||K_T - K_0||_F/||K_0||_F, same projection (``kernel_drift``)
     lambda_max_init, lambda_max_trained, lambda_max_ratio   λ_max of the projected (n·k)² kernel
     stability_margin, stability_margin_init   η(λ_max + λ)/2 at w_T and w0; edge_of_stability: ≥ 0.9
-    lr_for_margin                 the lr at which the trained margin would be 0.5
+    lr_for_margin                 the lr at which the trained margin would be 0.75 (``trusted_margin``)
     spot_check                    indices, ranked_by, and per measure ("predictions": ||Δf(X_v)||²,
                                   "weights": ||Δw||²) predicted, actual, Pearson and Spearman with
                                   bootstrap 95 % intervals (``correlation_with_interval``)

@@ -76,7 +76,7 @@ TRUST = {  # as ntk_info.trust returns it (abridged spot-check lists)
     "verdict": "not trusted",
     "reasons": ["edge of stability: lr·(λ_max(trained) + λ)/2 = 0.97 ≥ 0.9 (the kernel sharpened until GD barely "
                 "stays stable)"],
-    "advice": ["lower the learning rate: lr·(λ_max(trained) + λ)/2 = 0.97; keep it below 0.5, i.e. lr ≤ 0.0123",
+    "advice": ["lower the learning rate: lr·(λ_max(trained) + λ)/2 = 0.97; keep it below 0.75, i.e. lr ≤ 0.0185",
                "start from pretrained weights (pretrain on related data, fresh head): the kernel then moves little "
                "during fine-tuning"],
     "linearization_gap": 0.734, "gap_inputs": "validation", "linearization_gap_train": 0.52,

@@ -162,7 +162,7 @@ def _figures(pearson=0.98, weights=0.95, gap=0.05, margin=0.1, drift=0.05):
     ({"weights": 0.6}, "caution"),
     ({"gap": 0.4}, "caution"),
     ({"drift": 0.8}, "caution"),
-    ({"margin": 0.7}, "caution"),
+    ({"margin": 0.8}, "caution"),
     ({"pearson": None}, "caution"),
     ({"pearson": 0.3}, "not trusted"),
     ({"gap": 0.9}, "not trusted"),

@@ -158,8 +158,8 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
 
     ``trust_samples`` = m > 0: ``result.trust`` = ``ntk_info.trust`` (train the real network, retrain it
-    without m samples spread over the score's quantiles, verdict); needs finite integer ``steps``; 0
-    skips it. ``Y_val``: validation targets, for the validation accuracy in ``result.trust``.
+    without min(m, n) samples spread over the score's quantiles, verdict); needs finite integer ``steps``;
+    0 skips it. ``Y_val``: validation targets, for the validation accuracy in ``result.trust``.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -196,7 +196,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     from .evidence import trust
 
     evidence = trust(apply_fn, params, X, Y, X_val, Y_val, result=result, lr=lr, steps=steps,
-                     weight_decay=weight_decay, samples=trust_samples, seed=seed, progress=progress)
+                     weight_decay=weight_decay, samples=min(int(trust_samples), n), seed=seed, progress=progress)
     settings["seconds_trust"] = evidence["seconds"]["total"]
     return dataclasses.replace(result, trust=evidence)
 

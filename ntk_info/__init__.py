@@ -15,6 +15,9 @@ _EXPORTS = {
     # exact leave-one-out engine
     "leave_one_out": "loo",
     "LOOResult": "loo",
+    # exact leave-one-group-out (sources, classes) and only-group fits
+    "leave_group_out": "group_loo",
+    "GroupLOOResult": "group_loo",
     # scores from leave-one-out results
     "si_isotropic": "scores",
     "si_langevin": "scores",

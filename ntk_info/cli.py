@@ -306,7 +306,8 @@ def _config(args):
         classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     config = PipelineConfig(
         data=args.data, labels=args.labels, label_column=args.label_column, source_column=args.source_column,
-        group_column=args.group_column, classes=classes, n_train=args.n_train, val_fraction=args.val_fraction,
+        group_column=args.group_column, delimiter=args.delimiter, classes=classes, n_train=args.n_train,
+        val_fraction=args.val_fraction,
         noise=args.noise, model=args.model, width=args.width, lr=args.lr, steps=args.steps,
         weight_decay=args.weight_decay, coords_per_layer=args.coords_per_layer, projection=args.projection,
         kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed,
@@ -603,7 +604,11 @@ def _summarize_cmd(args, stages):
 
 
 def _sources_cmd(args, stages):
-    from ntk_info.apps.sources import group_summary
+    """Per source (and group): the linearized model retrained exactly without it and on only it, next to
+    per-sample score summaries (``ntk_info.apps.sources``); ``--retrain``: the real network beside it."""
+    from ntk_info.apps.pipeline import base_scores
+    from ntk_info.apps.sources import (SOURCE_COLUMNS, add_retrained_columns, format_table, network_source_table,
+                                       retrained_source_accuracy)
 
     def check(run):
         if run.data.dataset.source is None and run.data.dataset.group is None:
@@ -611,15 +616,36 @@ def _sources_cmd(args, stages):
                            "a 'source'/'group' array or a .csv with --source-column/--group-column")
 
     run = _Run(args, stages, check=check)
-    result = run.start().score()
+    pipe = run.start()
+    result = pipe.score()
     run.write_common(result)
+    d, c = run.data, pipe.config
+    scores = base_scores(result, ("fsi", "loo_residual"))
     rows = []
-    for by, values in (("source", run.data.dataset.source), ("group", run.data.dataset.group)):
-        if values is not None:
-            rows += [dict(by=by, **r) for r in group_summary(result.fsi, values, score_name="fsi")]
+    for by, groups in (("source", d.dataset.source), ("group", d.dataset.group)):
+        if groups is None:
+            continue
+        with stages(f"leave-one-{by}-out (linearized, exact)"):
+            part = network_source_table(pipe.model.apply_fn, pipe.params0, pipe.X, pipe.Y, d.labels, groups, d.X_val,
+                                        d.y_val, d.X_test, d.y_test, lr=pipe.lr, steps=c.steps,
+                                        weight_decay=c.weight_decay, coords_per_layer=c.coords_per_layer, seed=c.seed,
+                                        projection=c.projection, kernel=pipe.kernel, scores=scores, by=by,
+                                        progress=pipe.progress)
+        if args.retrain:
+            with stages(f"retrain the network without / with only each {by}"):
+                part = add_retrained_columns(part, retrained_source_accuracy(
+                    pipe.model.apply_fn, pipe.params0, pipe.X, pipe.Y, groups, d.X_val, d.y_val, lr=pipe.lr,
+                    steps=c.steps, weight_decay=c.weight_decay, progress=pipe.progress))
+        rows += part
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k, "") for k in keys} for r in rows]
     run.output.write_csv("sources.csv", rows)
-    print(_format_table(rows, ("by", "group", "count", "mean", "median")))
-    return run.finish()
+    shown = SOURCE_COLUMNS[:5] + ("val_accuracy_without_retrained", "val_accuracy_only", "val_accuracy_only_retrained",
+                                  "heldout_accuracy", "fsi_mean", "loo_residual_mean", "flagged_share")
+    print(format_table(rows, shown))
+    return run.finish({"sources": "linearized model retrained exactly without / on only each source "
+                                  "(ntk_info.group_loo); flagged_share: share of the source among the top 10% "
+                                  "LOO residuals", "sources_retrain": bool(args.retrain)})
 
 
 def _compare_cmd(args, stages):
@@ -704,6 +730,8 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
     g.add_argument("--label-column", default="label", help="CSV: label column (default: label)")
     g.add_argument("--source-column", help="CSV: column naming each sample's source")
     g.add_argument("--group-column", help="CSV: column naming each sample's group (e.g. subclass)")
+    g.add_argument("--delimiter", type=lambda text: "\t" if text in ("\\t", "tab") else text,
+                   help="CSV: field delimiter (default: detected among , ; tab |; 'tab' or '\\t' for a tab)")
     g.add_argument("--classes", help="keep only these labels, comma-separated (e.g. 4,9)")
     g.add_argument("--n-train", type=int, default=n_train, help=f"training samples to keep (default: {n_train or 'all'})")
     g.add_argument("--val-fraction", type=float, default=0.3,
@@ -799,8 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     _summarize_options(p)
     p.set_defaults(func=_summarize_cmd)
 
-    p = sub.add_parser("sources", help="F-SI per data source / group -> sources.csv", formatter_class=formatter)
+    p = sub.add_parser("sources", help="what each data source / group is worth: the model retrained without it "
+                       "and with only it (exact on the linearized network) -> sources.csv", formatter_class=formatter)
     _common(p)
+    p.add_argument("--retrain", action="store_true",
+                   help="also retrain the real network without / with only each source (checks the linearization)")
     p.set_defaults(func=_sources_cmd)
 
     p = sub.add_parser("compare", help="every estimate vs. brute-force retraining on a subset -> compare.csv",

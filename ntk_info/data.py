@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Dataset", "load_dataset", "DATASET_NAMES", "read_idx", "add_label_noise", "fgsm", "AdversarialResult"]
+__all__ = ["Dataset", "load_dataset", "DATASET_NAMES", "CSV_DELIMITERS", "read_idx", "add_label_noise", "fgsm",
+           "AdversarialResult"]
 
 DATASET_NAMES = ("digits", "breast-cancer", "iris", "wine")
 
@@ -174,39 +175,146 @@ def _load_sklearn(name):
     return d.data, d.target, tuple(str(c) for c in d.target_names)
 
 
+_NPZ_ARRAYS = ("X", "y", "X_val", "y_val", "source", "group")
+
+
+def _npz_array(path, f, name):
+    """One array of an open .npz, refusing what would be silently wrong downstream (named in the message)."""
+    try:
+        arr = f[name]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise ValueError(f"{path}: array '{name}' cannot be read ({err})") from err
+        raise ValueError(f"{path}: array '{name}' holds Python objects (dtype=object), which are not loaded "
+                         "(unpickling runs code); save numbers as a numeric array (np.asarray(a, dtype=float)) and "
+                         "names as strings (np.asarray(a, dtype=str))") from None
+    if arr.size == 0:
+        raise ValueError(f"{path}: array '{name}' is empty (shape {arr.shape}); every array needs at least one sample")
+    if name in ("X", "X_val"):
+        if np.iscomplexobj(arr):
+            raise ValueError(f"{path}: array '{name}' is complex ({arr.dtype}); the model needs real inputs: keep "
+                             "np.real(X), or stack the real and imaginary parts as features "
+                             "(np.concatenate([X.real, X.imag], axis=1))")
+        if arr.ndim == 1:
+            raise ValueError(f"{path}: array '{name}' is 1-D (shape {arr.shape}); it needs one row per sample: "
+                             f"{name}[:, None] for one feature per sample, or {name}.reshape(n, -1)")
+    if name in ("y", "y_val"):
+        if arr.ndim != 1:
+            raise ValueError(f"{path}: array '{name}' must be 1-D class labels, got shape {arr.shape}")
+        if arr.dtype.kind == "c":
+            raise ValueError(f"{path}: array '{name}' is complex ({arr.dtype}); labels are classes (integers or names)")
+        if arr.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+            if bad.size:
+                example = arr[bad[0]].item()
+                raise ValueError(f"{path}: array '{name}' has {bad.size} non-integer values (e.g. {example!r} at "
+                                 f"index {bad[0]}); labels are classes: store integers (or names) — regression "
+                                 "targets are not supported")
+            arr = arr.astype(np.int64)  # 1.0 and 1 are one class
+    return arr
+
+
 def _load_npz(path):
     try:
         f = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises several types for a corrupt archive
         raise ValueError(f"{path}: not a readable .npz archive ({err})") from err
     with f:
-        arrays = {k: f[k] for k in f.files}
-    for required in ("X", "y"):
-        if required not in arrays:
-            raise ValueError(f"{path}: missing array '{required}' (found {sorted(arrays)}); an .npz dataset needs "
-                             "'X' (n, ...) and 'y' (n,), optionally 'X_val', 'y_val', 'source', 'group'")
-    unknown = set(arrays) - {"X", "y", "X_val", "y_val", "source", "group"}
-    if unknown:
-        raise ValueError(f"{path}: unexpected arrays {sorted(unknown)}; allowed: X, y, X_val, y_val, source, group")
-    if arrays["y"].ndim != 1:
-        raise ValueError(f"{path}: array 'y' must be 1-D class labels, got shape {arrays['y'].shape}")
-    return arrays
+        for required in ("X", "y"):
+            if required not in f.files:
+                raise ValueError(f"{path}: missing array '{required}' (found {sorted(f.files)}); an .npz dataset needs "
+                                 "'X' (n, ...) and 'y' (n,), optionally 'X_val', 'y_val', 'source', 'group'")
+        unknown = set(f.files) - set(_NPZ_ARRAYS)
+        if unknown:
+            raise ValueError(f"{path}: unexpected arrays {sorted(unknown)}; allowed: {', '.join(_NPZ_ARRAYS)}")
+        return {name: _npz_array(path, f, name) for name in f.files}
 
 
-def _load_csv(path, label_column, source_column, group_column):
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _read_text(path):
+    """The file as text: UTF-8, a byte-order mark stripped; other encodings are refused with the position."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file ({err.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path}: the file is UTF-16 text; save it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save the file as "
+                         "UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv` for a Latin-1 file") from None
+
+
+def _detect_delimiter(lines):
+    """The delimiter of ``CSV_DELIMITERS`` that splits the first lines into equally many (> 1) fields, most
+    fields first; ',' when none does (the field-count check then names the line)."""
+    best, most = ",", 1
+    for delimiter in CSV_DELIMITERS:
+        counts = {len(row) for row in csv.reader(lines[:50], delimiter=delimiter)}
+        if len(counts) == 1 and max(counts) > most:
+            best, most = delimiter, max(counts)
+    return best
+
+
+def _csv_labels(path, column, values):
+    """Class labels of a CSV column: integers when every value is a whole number ("1" and "1.0" are one
+    class), else names; non-integer numbers, empty and missing labels are refused."""
+    for r, value in enumerate(values):
+        if value == "":
+            raise ValueError(f"{path}: column '{column}', line {r + 2}: empty label; every row needs a class")
+    try:
+        numbers = np.array([float(v) for v in values])
+    except ValueError:
+        numbers = None
+    if numbers is not None:
+        bad = np.flatnonzero(~np.isfinite(numbers) | (numbers != np.round(numbers)))
+        if bad.size:
+            raise ValueError(f"{path}: column '{column}', line {bad[0] + 2}: label {values[bad[0]]!r} is not a whole "
+                             "number; labels are classes: write integers or names (regression targets are not "
+                             "supported)")
+        return numbers.astype(np.int64)
+    spellings = {}
+    for value in set(values):
+        try:
+            spellings.setdefault(float(value), set()).add(value)
+        except ValueError:
+            pass
+    clash = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
+    if clash:
+        raise ValueError(f"{path}: column '{column}': labels {clash} are one number written differently and would "
+                         "be different classes; write each class one way")
+    return np.array(values)
+
+
+def _load_csv(path, label_column, source_column, group_column, delimiter=None):
+    if delimiter is not None and not (isinstance(delimiter, str) and len(delimiter) == 1):
+        raise ValueError(f"delimiter: expected one character (e.g. ',', ';' or a tab), got {delimiter!r}")
+    lines = _read_text(path).splitlines()
+    delimiter = delimiter or _detect_delimiter([line for line in lines if line.strip()])
+    rows = list(csv.reader(lines, delimiter=delimiter))
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and at least one data row, got {len(rows)} rows")
     header = [h.strip() for h in rows[0]]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        where = {h: [j + 1 for j, x in enumerate(header) if x == h] for h in repeated}
+        raise ValueError(f"{path}: duplicate column names {', '.join(f'{h!r} (columns {where[h]})' for h in repeated)}"
+                         "; rename them so that every column has its own name")
     for option, column in (("label_column", label_column), ("source_column", source_column),
                            ("group_column", group_column)):
         if column is not None and column not in header:
-            raise ValueError(f"{path}: no column '{column}' (given as {option}); columns are {header}")
+            raise ValueError(f"{path}: no column '{column}' (given as {option}); columns are {header} "
+                             f"(delimiter {delimiter!r})")
     data = rows[1:]
     for r, row in enumerate(data, start=2):
         if len(row) != len(header):
-            raise ValueError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
+            raise ValueError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)} "
+                             f"(delimiter {delimiter!r}; pass delimiter= / --delimiter if it is another one)")
     columns = {h: [row[j].strip() for row in data] for j, h in enumerate(header)}
     special = {label_column, source_column, group_column} - {None}
     feature_names = [h for h in header if h not in special]
@@ -221,11 +329,7 @@ def _load_csv(path, label_column, source_column, group_column):
                 raise ValueError(f"{path}: column '{h}', line {r + 2}: {value!r} is not a number; non-numeric "
                                  "columns must be named with --label-column/--source-column/--group-column "
                                  "or removed") from None
-    labels = np.array(columns[label_column])
-    try:
-        labels = labels.astype(np.int64)
-    except ValueError:
-        pass
+    labels = _csv_labels(path, label_column, columns[label_column])
     source = None if source_column is None else np.array(columns[source_column])
     group = None if group_column is None else np.array(columns[group_column])
     return X, labels, source, group
@@ -266,12 +370,15 @@ def _idx_labels_path(path):
 
 def load_dataset(name_or_path: str, *, labels: str | None = None, val_fraction: float = 0.3, seed: int = 0,
                  n_train: int | None = None, classes=None, label_column: str = "label",
-                 source_column: str | None = None, group_column: str | None = None) -> Dataset:
+                 source_column: str | None = None, group_column: str | None = None,
+                 delimiter: str | None = None) -> Dataset:
     """Load a dataset by name (``digits``, ``breast-cancer``, ``iris``, ``wine``) or from a file.
 
     Files: ``.npz`` with arrays X, y (optional X_val, y_val, source, group); ``.csv`` with a header, a
     ``label_column`` and optional ``source_column``/``group_column`` (every other column a numeric
-    feature); MNIST idx images (``*-idx3-ubyte``, optionally ``.gz``) with ``labels`` the idx1 label file
+    feature; UTF-8, a byte-order mark is skipped; ``delimiter`` one of ``CSV_DELIMITERS`` detected from
+    the first lines unless given; labels that are all whole numbers are integers, so "1" and "1.0" are
+    one class); MNIST idx images (``*-idx3-ubyte``, optionally ``.gz``) with ``labels`` the idx1 label file
     (default: the sibling whose name has 'labels'/'idx1' for 'images'/'idx3'). Without a validation
     split in the file, a stratified ``val_fraction`` of the samples is held out (``seed``). ``classes``
     keeps only those labels (e.g. ``[4, 9]``); ``n_train`` subsamples the training split (stratified).
@@ -300,7 +407,7 @@ def load_dataset(name_or_path: str, *, labels: str | None = None, val_fraction: 
             X, X_val = X / 255.0, (None if X_val is None else X_val / 255.0)
         return _finish(path, X, a["y"], X_val, a.get("y_val"), a.get("source"), a.get("group"), image_shape, **opts)
     if base.endswith(".csv"):
-        X, y, source, group = _load_csv(path, label_column, source_column, group_column)
+        X, y, source, group = _load_csv(path, label_column, source_column, group_column, delimiter)
         return _finish(path, X, y, None, None, source, group, None, **opts)
     if "idx" in base:
         labels = labels or _idx_labels_path(path)

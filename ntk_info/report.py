@@ -422,11 +422,7 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         page.figure("summarization", summarization_figure(rows, "Summarization"), "Accuracy vs. fraction removed.")
         page.table(_summarization_wide(rows))
     if "sources.csv" in found:
-        rows = read_csv(os.path.join(out_dir, "sources.csv"))
-        page.heading("Sources and groups")
-        page.text("Per-source (or per-group) distribution of the score; higher mean = more unique information "
-                  "per sample (SI paper Fig. 2a).")
-        page.table(rows)
+        _sources_section(page, read_csv(os.path.join(out_dir, "sources.csv")), cols)
     if "compare.csv" in found:
         page.heading("Method comparison against brute-force retraining")
         page.table(read_csv(os.path.join(out_dir, "compare.csv")))
@@ -546,3 +542,101 @@ def _detection_section(page, out_dir, cols):
         scores = {r["method"]: cols[r["method"]].astype(float) for r in rows if r["method"] in cols}
         if scores:
             page.figure("roc", roc_figure(scores, is_bad, f"ROC: detecting {bad_name}"), "ROC curve of every score.")
+
+
+# ----------------------------------------------------------------------------- sources
+
+_SOURCE_CAVEAT = ("Per-sample F-SI and the LOO residual measure how surprising a sample is to the rest of the data, "
+                  "and wrong labels are surprising: a source with mislabeled samples shows higher scores (and a "
+                  "larger share flagged by detection) while being worth less. Judge what a source is worth by the "
+                  "without/only columns: the linearized model retrained exactly without every sample of the source, "
+                  "and trained on only them.")
+
+
+def source_value_figure(rows, title):
+    """Per source: validation accuracy lost without it (-Δ; linearized, and the real network retrained when
+    the table has it) and the validation accuracy with only it, against the full model's."""
+    plt = _plt()
+    body = [r for r in rows if r["group"] != "(all)"]
+    full = [r for r in rows if r["group"] == "(all)"]
+    names = [str(r["group"]) for r in body]
+    x = np.arange(len(body))
+    retrained = "delta_val_accuracy_without_retrained" in body[0]
+    width = 0.38 if retrained else 0.6
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    shift = -width / 2 if retrained else 0.0
+    axes[0].bar(x + shift, [-100 * float(r["delta_val_accuracy_without"]) for r in body], width,
+                label="linearized (exact)", color="tab:blue")
+    axes[1].bar(x + shift, [100 * float(r["val_accuracy_only"]) for r in body], width, label="linearized (exact)",
+                color="tab:blue")
+    if retrained:
+        axes[0].bar(x + width / 2, [-100 * float(r["delta_val_accuracy_without_retrained"]) for r in body], width,
+                    label="network retrained", color="tab:orange")
+        axes[1].bar(x + width / 2, [100 * float(r["val_accuracy_only_retrained"]) for r in body], width,
+                    label="network retrained", color="tab:orange")
+    if full:
+        axes[1].axhline(100 * float(full[0]["val_accuracy_only"]), color="tab:blue", ls="--", lw=1,
+                        label="all sources (linearized)")
+        if retrained and full[0].get("val_accuracy_only_retrained", "") != "":
+            axes[1].axhline(100 * float(full[0]["val_accuracy_only_retrained"]), color="tab:orange", ls="--", lw=1,
+                            label="all sources (retrained)")
+    axes[0].axhline(0, color="gray", lw=0.8)
+    axes[0].set_ylabel("validation accuracy lost without it (points)")
+    axes[0].set_title(f"value of each {title} (higher = worth more)")
+    axes[1].set_ylabel("validation accuracy (%)")
+    axes[1].set_title(f"{title}: trained on only this {rows[0]['by']}")
+    low = min(100 * float(r[key]) for r in body for key in ("val_accuracy_only", "val_accuracy_only_retrained")
+              if r.get(key, "") != "")
+    axes[1].set_ylim(max(0.0, low - 10), 100)
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30 if len(names) > 6 else 0, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.tight_layout()
+    return fig
+
+
+def source_scores_figure(cols, split, names, title):
+    """Per-source box plots of the per-sample scores (log10 F-SI, LOO residual) from scores.csv."""
+    plt = _plt()
+    present = [s for s in ("fsi", "loo_residual") if s in cols]
+    fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 3.8), squeeze=False)
+    for ax, score in zip(axes[0], present):
+        data, logged = _log_values(cols[score].astype(float))
+        ax.boxplot([data[split == g] for g in names], showfliers=False)
+        ax.set_xticks(np.arange(1, len(names) + 1))
+        ax.set_xticklabels(names, rotation=30 if len(names) > 6 else 0, fontsize=8)
+        ax.set_ylabel(("log10 " if logged else "") + SCORE_LABELS.get(score, score), fontsize=8)
+        ax.set_title(f"{title}: {score} per sample")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def _sources_section(page, rows, cols):
+    page.heading("Sources and groups")
+    if not rows or "val_accuracy_without" not in rows[0]:  # a per-source score summary only
+        page.text("Per-source (or per-group) distribution of the score; higher mean = more unique information "
+                  "per sample (SI paper Fig. 2a).")
+        page.table(rows)
+        return
+    page.text("What each source is worth to the model: validation loss and accuracy of the linearized network "
+              "retrained exactly without the source (delta = without - full; negative accuracy deltas mean the "
+              "source helps) and trained on only the source" + (", beside the real network retrained the same way."
+                                                                 if "val_accuracy_without_retrained" in rows[0]
+                                                                 else "."))
+    page.text(_SOURCE_CAVEAT)
+    for by in dict.fromkeys(r["by"] for r in rows):
+        part = [r for r in rows if r["by"] == by]
+        page.figure(f"source_value_{by}", source_value_figure(part, by),
+                    f"Value of each {by}: validation accuracy lost when the model is trained without it (negative: the "
+                    f"model is better without it), and accuracy with only it.")
+        names = [str(r["group"]) for r in part if r["group"] != "(all)"]
+        if cols and by in cols:
+            page.figure(f"source_scores_{by}", source_scores_figure(cols, cols[by].astype(str), names, by),
+                        f"Per-sample scores by {by} (boxes: quartiles, whiskers: 1.5 IQR). High scores flag "
+                        "surprising samples, mislabeled ones among them, not valuable ones.")
+        keys = [k for k in part[0] if k in ("group", "count") or k.startswith(("val_", "delta_val_", "test_"))
+                or k in ("heldout_accuracy", "flagged_share", "fsi_mean", "loo_residual_mean")]
+        page.table([{k: r[k] for k in keys} for r in part])

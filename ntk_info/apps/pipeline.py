@@ -74,6 +74,7 @@ class PipelineConfig:
     label_column: str = "label"
     source_column: str | None = None
     group_column: str | None = None
+    delimiter: str | None = None
     classes: tuple | None = None
     n_train: int | None = None
     val_fraction: float = 0.3
@@ -97,6 +98,8 @@ class PipelineConfig:
 
         if not isinstance(self.data, str) or not self.data.strip():
             raise ConfigError("data", f"expected a dataset name or a file path, got {self.data!r}")
+        if self.delimiter is not None and not (isinstance(self.delimiter, str) and len(self.delimiter) == 1):
+            raise ConfigError("delimiter", f"expected one character (e.g. ';' or a tab), got {self.delimiter!r}")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ConfigError("classes", f"expected at least two distinct classes, got {list(self.classes)}")
         if self.n_train is not None:
@@ -179,7 +182,7 @@ def load_data(config: PipelineConfig) -> PipelineData:
     ds = data_mod.load_dataset(config.data, labels=config.labels, val_fraction=config.val_fraction, seed=config.seed,
                                n_train=config.n_train, classes=_parse_classes(config.classes),
                                label_column=config.label_column, source_column=config.source_column,
-                               group_column=config.group_column)
+                               group_column=config.group_column, delimiter=config.delimiter)
     n = ds.X.shape[0]
     if np.ptp(ds.X.reshape(n, -1), axis=0).max() == 0:
         raise DegenerateData(f"data {config.data!r}: every input feature is constant across the {n} training samples "

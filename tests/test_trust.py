@@ -166,6 +166,7 @@ def _figures(pearson=0.98, weights=0.95, gap=0.05, margin=0.1, drift=0.05):
     ({"pearson": None}, "caution"),
     ({"pearson": 0.3}, "not trusted"),
     ({"gap": 0.9}, "not trusted"),
+    ({"drift": 3.5}, "not trusted"),
     ({"margin": THRESHOLDS["edge_margin"]}, "not trusted"),
 ])
 def test_verdict_rules(change, expected):

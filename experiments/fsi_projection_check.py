@@ -84,7 +84,7 @@ def main() -> None:
     for method in args.methods.split(","):
         for seed in seeds:
             res = ntk_info.score(model.apply_fn, params, X, Y, X_val, coords_per_layer=args.coords, seed=seed,
-                                 method=method, progress=False, **settings)
+                                 method=method, trust_samples=0, progress=False, **settings)
             phi_err = ntk_info.kernel_relative_error(res.projection.features(X, progress=False).phi, K)
             pearson, spearman = pearsonr(res.fsi, fsi_exact)[0], spearmanr(res.fsi, fsi_exact)[0]
             summary.setdefault(method, []).append((pearson, spearman, phi_err))

@@ -41,6 +41,8 @@ _EXPORTS = {
     "ScoreResult": "scorer",
     # comparisons
     "compare": "comparison",
+    # evidence that the scores hold for the real network
+    "trust": "evidence",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -314,7 +314,8 @@ def _config(args):
         kernel=args.kernel, allow_unstable_lr=args.allow_unstable_lr, seed=args.seed, init=args.init,
         pretrain_classes=None if args.pretrain_classes is None else
         tuple(c.strip() for c in args.pretrain_classes.split(",") if c.strip()),
-        pretrain_steps=args.pretrain_steps, linearize=args.linearize, segments=args.segments)
+        pretrain_steps=args.pretrain_steps, linearize=args.linearize, segments=args.segments,
+        trust_samples=args.trust_samples)
     try:
         return config.validate()
     except ConfigError as err:
@@ -426,12 +427,27 @@ class _Run:
             print(f"ntk-info: note: scores use the {settings['kernel_meaning']} (kernel {settings['kernel_requested']}"
                   f"; --kernel full for the full NTK)", file=sys.stderr)
         print(self.stages.summary(), file=sys.stderr)
+        if settings.get("trust"):
+            print(_trust_line(settings["trust"]))
         print(f"report: {os.path.join(out, 'report.html')}")
         return 0
 
     def _write_settings(self, settings):
         with open(self.output.path("settings.json"), "w") as handle:
             json.dump(dict(settings, timings=self.stages.times), handle, indent=1, default=str)
+
+
+def _trust_line(trust):
+    """One stdout line: the verdict of ntk_info.trust and the figures behind it."""
+    spot = trust.get("spot_check") or {}
+    measure = spot.get(spot.get("ranked_by_measure", "predictions")) or {}
+    ci = measure.get("pearson_interval")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    ranked_by = {"fsi": "F-SI", "si": "SI"}.get(spot.get("ranked_by"), "score")
+    return (f"trust: {trust['verdict'].upper()} (spot check {ranked_by} Pearson "
+            f"{fmt(measure.get('pearson'))}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            + f" on {spot.get('samples')} retrainings, linearization gap {fmt(trust.get('linearization_gap'))}, "
+            f"stability margin {fmt(trust.get('stability_margin'))}); details at the top of the report")
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -796,6 +812,9 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                         "them (for networks whose kernel moves in training, e.g. CNNs from scratch; cost ≈ S "
                         "feature passes + one training run; default: linearize at the init)")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, noise, init and projections (default: 0)")
+    g.add_argument("--trust-samples", type=int, default=12,
+                   help="retrain the real network without this many samples (spread over the F-SI ranking) and "
+                        "report whether the scores can be trusted; 0 skips it (default: 12)")
     g = parser.add_argument_group("where to linearize (w0; default: the random init)")
     g.add_argument("--init", help="start from these parameters: a .npz (ntk_info.save_params), Flax .msgpack or "
                    "Orbax checkpoint directory in the --model's layout (ntk_info.models.init_params)")

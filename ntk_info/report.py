@@ -2,7 +2,8 @@
 
 A results folder holds what the CLI's subcommands write (each file optional):
 
-    settings.json      settings of the run, the trust diagnostics, warnings, per-stage timings
+    settings.json      settings of the run, warnings, per-stage timings, and under "trust" the evidence of
+                       ``ntk_info.trust`` (drawn as a green/amber/red box at the top of the report)
     scores.csv         one row per training sample: index (position in this run), row (0-based row in the
                        user's data), label (as the user wrote it), label_code (the class index the model
                        used), [true_label, is_noisy, is_adversarial, source, group], then one column per
@@ -32,7 +33,8 @@ import os
 
 import numpy as np
 
-__all__ = ["build_report", "check_results", "write_csv", "read_csv", "SCORE_LABELS", "MANIFEST", "INCOMPLETE_MARKER"]
+__all__ = ["build_report", "check_results", "trust_box", "write_csv", "read_csv", "SCORE_LABELS", "MANIFEST",
+           "INCOMPLETE_MARKER"]
 
 MANIFEST = "manifest.json"
 INCOMPLETE_MARKER = "INCOMPLETE-run-in-progress-or-interrupted.txt"
@@ -272,7 +274,74 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;
 th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
 .note{color:#555;font-size:14px}figure{margin:0.5em 0 1.5em}figcaption{font-size:13px;color:#555}
 figure.half{display:inline-block;vertical-align:top;width:49%;margin-right:1%}
-.findings{background:#f4f8fc;border:1px solid #c9dcef;padding:0.5em 1.2em;font-size:15px}"""
+.findings{background:#f4f8fc;border:1px solid #c9dcef;padding:0.5em 1.2em;font-size:15px}
+.trust{border:2px solid;border-radius:6px;padding:0.4em 1.2em;margin:0.5em 0 1.5em;font-size:14px}
+.trust h2{border:none;margin:0.3em 0}.trust table{background:#fff}
+.trust-trusted{background:#eaf6ec;border-color:#2e7d32}.trust-trusted h2{color:#2e7d32}
+.trust-caution{background:#fff6e0;border-color:#e69b00}.trust-caution h2{color:#a86b00}
+.trust-not-trusted{background:#fdecea;border-color:#c62828}.trust-not-trusted h2{color:#c62828}"""
+
+
+_TRUST_HEADLINES = {
+    "trusted": "Trusted: the scores hold for the real network",
+    "caution": "Caution: the scores hold only approximately for the real network",
+    "not trusted": "Not trusted: the real network does not behave like its linearization here",
+}
+
+
+_RANKED_BY = {"fsi": "F-SI", "si": "SI"}
+
+
+def _num(value, digits=3):
+    return "n/a" if value is None else f"{float(value):.{digits}g}"
+
+
+def _correlation(entry):
+    """'0.98 [0.91, 1.00]' for a spot-check measure (Pearson and its bootstrap interval), or 'n/a'."""
+    if not entry or entry.get("pearson") is None:
+        return "n/a"
+    ci = entry.get("pearson_interval")
+    text = f"{entry['pearson']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    return text + (f", Spearman {entry['spearman']:.3f}" if entry.get("spearman") is not None else "")
+
+
+def trust_box(trust: dict) -> str:
+    """HTML of the verdict box: colour from trust["verdict"] (green trusted, amber caution, red not trusted;
+    an unknown verdict is drawn amber), the reasons, the figures behind them (``ntk_info.trust``) and advice."""
+    verdict = str(trust.get("verdict", "unknown"))
+    css = {"trusted": "trust-trusted", "not trusted": "trust-not-trusted"}.get(verdict, "trust-caution")
+    headline = _TRUST_HEADLINES.get(verdict, f"Trust verdict: {verdict}")
+    spot = trust.get("spot_check") or {}
+    rows = [
+        ("spot check: retrained without", f"{spot.get('samples', 'n/a')} samples spread over the "
+                                          f"{_RANKED_BY.get(spot.get('ranked_by'), 'score')} ranking"),
+        ("Pearson, predicted vs retrained ||Δf(X_val)||² (95% CI)", _correlation(spot.get("predictions"))),
+        ("Pearson, predicted vs retrained ||Δw||² (95% CI)", _correlation(spot.get("weights"))),
+        (f"linearization gap ||f_lin − f|| / ||f − f0|| ({trust.get('gap_inputs', 'validation')})",
+         _num(trust.get("linearization_gap"))),
+        ("kernel drift ||K_trained − K_0|| / ||K_0||", _num(trust.get("kernel_drift"))),
+        ("λ_max(trained) / λ_max(w0)", _num(trust.get("lambda_max_ratio"))),
+        ("stability margin lr·(λ_max + λ)/2, w0 → trained (GD diverges at 1)",
+         f"{_num(trust.get('stability_margin_init'))} → {_num(trust.get('stability_margin'))}"
+         + (" — edge of stability" if trust.get("edge_of_stability") else "")),
+    ]
+    accuracy = trust.get("accuracy")
+    if accuracy:
+        for split in ("train", "val"):
+            real, lin = accuracy["real"].get(split), accuracy["linearized"].get(split)
+            if real is not None:
+                rows.append((f"{split} accuracy, real / linearized network", f"{real:.3f} / {_num(lin)}"))
+    seconds = trust.get("seconds") or {}
+    if "total" in seconds:
+        rows.append(("cost of this check (s)", f"{seconds['total']:.1f}"))
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in trust.get("reasons", []))
+    advice = "".join(f"<li>{html.escape(str(a))}</li>" for a in trust.get("advice", []))
+    note = ("The scores are exact leave-one-out for the linearized network; these checks measure whether the "
+            "trained network behaves like it (ntk_info.trust: one real training run plus the spot-check retrainings).")
+    return (f"<div class='trust {css}'><h2>{html.escape(headline)}</h2><p class='note'>{note}</p><ul>{reasons}</ul>"
+            f"<table><tbody>{table}</tbody></table>"
+            + (f"<b>What to do</b><ul>{advice}</ul>" if advice else "") + "</div>")
 
 
 class _Page:
@@ -326,17 +395,14 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
     page = _Page(out_dir)
     settings = _check_contents(out_dir, found)
     page.parts.append(f"<h1>{html.escape(title)}</h1>")
+    if settings.get("trust"):
+        page.parts.append(trust_box(settings["trust"]))
     if settings.get("warnings"):
         page.heading("Warnings")
         page.findings([str(w) for w in settings["warnings"]])
     findings = _key_findings(out_dir, found)
     if findings:
         page.findings(findings)
-    trust = settings.get("trust")
-    if trust:
-        page.heading("Can the linearization be trusted here?")
-        page.text(trust.get("verdict", ""))
-        page.table([{k: v for k, v in trust.items() if k != "verdict"}])
     cols = {}
     if "scores.csv" in found:
         cols = _columns(read_csv(os.path.join(out_dir, "scores.csv")))

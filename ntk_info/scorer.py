@@ -38,6 +38,7 @@ class ScoreResult:
     ``loo_loss`` (n,): ½||y_i - f_{-i}(x_i)||². ``kernel_diagonal_stats``: min/median/mean/max of
     the projected kernel diagonal tr K_ii = ||Φ_i||² (a cheap scale check; the projection error itself
     needs the exact NTK, see ``ntk_info.kernel_relative_error``). ``settings``: every setting and timings.
+    ``trust``: the evidence of ``ntk_info.trust`` (verdict, gap, drift, spot check), None when skipped.
     """
 
     si: np.ndarray
@@ -54,6 +55,7 @@ class ScoreResult:
     kernel_diagonal_stats: dict
     settings: dict
     projection: Any = dataclasses.field(default=None, repr=False, compare=False)
+    trust: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """Per-sample arrays by name ((n,) or (n, k)); fsi / prediction_change_sq only when X_val was given."""
@@ -138,7 +140,7 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
           coords_per_layer=2000, seed=0, method="countsketch", batch_size=None, mode="auto", kernel="auto",
           sigma=1.0, sgd_batch_size=None, targets=None, progress=True, loss="sum",
           dtype="float64", linearize="init", Y_val=None, train_options=None, segments=None,
-          spacing="uniform") -> ScoreResult:
+          spacing="uniform", trust_samples=None) -> ScoreResult:
     """SI and F-SI of every training sample of (X, Y) for the network ``apply_fn`` at ``params`` = w0.
 
     Linearized network f(x) = f0(x) + Φ(x)(w - w0) on projected Jacobian features Φ
@@ -173,6 +175,10 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     checkpoints (``spacing`` "uniform", "early" or explicit steps) with the same projection, and
     carries the exact LOO perturbation through them (``ntk_info.segments``); S = 1 is "init".
     Settings then also hold the checkpoints' kernel drift and stability margins.
+    ``trust_samples`` = m > 0 (None: 8 where it applies — linearize "init" or "segments", finite
+    integer ``steps``, the sum loss — and skipped otherwise, with the reason in
+    ``settings["trust_skipped"]``): ``result.trust`` = ``ntk_info.trust`` (train the real network, retrain
+    it without min(m, n) samples spread over the score's quantiles, verdict); 0 skips it. ``Y_val``: validation targets, for the validation accuracy in ``result.trust``.
     """
     t_start = time.perf_counter()
     X = _check_inputs(X, "X")
@@ -192,6 +198,12 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
     kernel_for(n, k, kernel)
     if loss not in LOSSES:
         raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    trust_skipped = _trust_not_applicable(linearize, steps, loss)
+    if trust_samples is None:
+        trust_samples = 0 if trust_skipped else 8
+    elif trust_samples and trust_skipped:
+        raise ValueError(f"trust_samples: the trust check retrains the real network as the scores assume, which "
+                         f"does not apply here ({trust_skipped}); pass trust_samples=0")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES} (float64 is the default; float32 an explicit opt-in), "
                          f"got {dtype!r}")
@@ -239,7 +251,28 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "seconds_val_features": t_val - t_features, "seconds_total": time.perf_counter() - t_start,
         "linearize": linearize, **segment_settings,
     }
-    return dataclasses.replace(result, settings=settings, projection=feats.projection)
+    if trust_skipped:
+        settings["trust_skipped"] = trust_skipped
+    result = dataclasses.replace(result, settings=settings, projection=feats.projection)
+    if not trust_samples:
+        return result
+    from .evidence import trust
+
+    evidence = trust(apply_fn, params, X, Y, X_val, Y_val, result=result, lr=lr, steps=steps,
+                     weight_decay=weight_decay, samples=min(int(trust_samples), n), seed=seed, progress=progress)
+    settings["seconds_trust"] = evidence["seconds"]["total"]
+    return dataclasses.replace(result, trust=evidence)
+
+
+def _trust_not_applicable(linearize, steps, loss) -> str | None:
+    """Why ``ntk_info.trust`` cannot check these scores (it replays sum-loss GD from w0), or None."""
+    if linearize not in ("init", "segments"):
+        return f"linearize={linearize!r} scores a model linearized away from w0"
+    if math.isinf(steps) or steps != round(steps):
+        return f"steps={steps} is not a finite number of GD steps"
+    if loss != "sum":
+        return f"loss={loss!r} (the check trains with the sum loss)"
+    return None
 
 
 def kernel_for(n: int, k: int, kernel: str = "auto") -> str:

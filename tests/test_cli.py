@@ -50,6 +50,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert status == 0, err
     assert f"report: {os.path.abspath(out)}/report.html" in stdout
     assert "timing (s):" in err and "total" in err and "Traceback" not in err
+    trust = json.load(open(os.path.join(out, "settings.json")))["trust"]
+    assert f"trust: {trust['verdict'].upper()} (spot check F-SI Pearson" in stdout and "on 12 retrainings" in stdout
+    assert "trust check (12 retrainings)" in err
     detection = read_csv(os.path.join(out, "detection.csv"))
     assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence",
                                                 "mpe", "train_loss", "cleanlab"}
@@ -69,8 +72,9 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_score_detect_adversarial_and_sources(tmp_path, capsys):
-    status, _, err = _run(capsys, "score", "--out", str(tmp_path / "s"), *TINY)
+    status, stdout, err = _run(capsys, "score", "--out", str(tmp_path / "s"), *TINY, "--trust-samples", "0")
     assert status == 0, err
+    assert "trust:" not in stdout and "trust" not in json.load(open(tmp_path / "s" / "settings.json"))
     assert len(read_csv(tmp_path / "s" / "scores.csv")) == 60
     _check_report(tmp_path / "s")
 

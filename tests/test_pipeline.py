@@ -12,11 +12,12 @@ from ntk_info.apps.pipeline import (ConfigError, DegenerateData, Pipeline, Pipel
                                     base_scores, check_lr_stability, choose_lr, influence_damping, load_data,
                                     split_rows)
 from ntk_info.data import fgsm, load_dataset
+from ntk_info.evidence import VERDICTS
 from ntk_info.features import ntk_lambda_max
 from ntk_info.models import get_model, init_params
 from ntk_info.scorer import TRACE_ROWS_THRESHOLD, kernel_for, score, score_features, trace_features
 
-SMALL = dict(n_train=40, width=16, steps=20, coords_per_layer=100)
+SMALL = dict(n_train=40, width=16, steps=20, coords_per_layer=100, trust_samples=0)
 
 
 def _exact_lambda_max(apply_fn, params, X):
@@ -76,7 +77,8 @@ def test_score_features_is_score():
     X, X_val, Y = rng.normal(size=(12, 4)), rng.normal(size=(5, 4)), rng.normal(size=(12, 3))
     opts = dict(lr=0.05, steps=30, weight_decay=0.1, discrete=True)
     for kernel in ("full", "trace"):
-        ref = score(model.apply_fn, params, X, Y, X_val, coords_per_layer=50, kernel=kernel, progress=False, **opts)
+        ref = score(model.apply_fn, params, X, Y, X_val, coords_per_layer=50, kernel=kernel, trust_samples=0,
+                    progress=False, **opts)
         feats = ntk_info.projected_features(model.apply_fn, params, X, coords_per_layer=50, progress=False)
         phi_val = feats.projection.features(X_val, progress=False).phi
         res = score_features(feats.phi, feats.outputs, Y, phi_val, kernel=kernel, progress=False, **opts)
@@ -93,7 +95,7 @@ def test_rescoring_a_kept_subset_equals_scoring_it_from_scratch(kernel):
         rescored = pipe.rescorer(by)(kept)
         scratch = score(pipe.model.apply_fn, pipe.params0, data.X[kept], pipe.Y[kept], data.X_val, lr=pipe.lr,
                         steps=config.steps, discrete=True, coords_per_layer=config.coords_per_layer,
-                        seed=config.seed, kernel=kernel, progress=False)
+                        seed=config.seed, kernel=kernel, trust_samples=0, progress=False)
         np.testing.assert_allclose(rescored, base_scores(scratch, (by,))[by], rtol=1e-8)
     np.testing.assert_allclose(pipe.rescorer("fsi")(np.arange(40)), pipe.score().fsi, rtol=1e-8)
 
@@ -108,6 +110,20 @@ def test_pipeline_settings_record_what_is_used():
     assert s["influence/MPE regularizer (weight_decay + damping)"] == 0.2
     assert s["kernel"] == "full" and s["kernel_requested"] == "auto"  # 40 samples x 10 outputs <= 4000
     assert pipe.score().settings["kernel"] == "full"
+
+
+def test_pipeline_records_the_trust_evidence():
+    config, data = _data(trust_samples=4)
+    pipe = Pipeline(config, data, progress=False)
+    assert "trust" not in pipe.settings()
+    result = pipe.score()
+    trust = pipe.settings()["trust"]
+    assert trust is result.trust and trust["verdict"] in VERDICTS
+    assert trust["settings"]["lr"] == pipe.lr and trust["settings"]["steps"] == config.steps
+    assert trust["spot_check"]["samples"] == 4 and trust["accuracy"]["real"]["val"] is not None
+    assert pipe.settings()["trust_samples"] == 4
+    with pytest.raises(ConfigError, match="trust_samples"):
+        PipelineConfig(trust_samples=-1).validate()
 
 
 def test_unstable_lr_is_refused_unless_allowed():

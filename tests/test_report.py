@@ -112,3 +112,42 @@ def test_check_results_against_the_manifest(tmp_path):
     (tmp_path / INCOMPLETE_MARKER).write_text("")
     with pytest.raises(ValueError, match="this run did not finish"):
         check_results(str(tmp_path))
+
+
+TRUST = {  # as ntk_info.trust returns it (abridged spot-check lists)
+    "verdict": "not trusted",
+    "reasons": ["edge of stability: lr·(λ_max(trained) + λ)/2 = 0.97 ≥ 0.9 (the kernel sharpened until GD barely "
+                "stays stable)"],
+    "advice": ["lower the learning rate: lr·(λ_max(trained) + λ)/2 = 0.97; keep it below 0.75, i.e. lr ≤ 0.0185",
+               "start from pretrained weights (pretrain on related data, fresh head): the kernel then moves little "
+               "during fine-tuning"],
+    "linearization_gap": 0.734, "gap_inputs": "validation", "linearization_gap_train": 0.52,
+    "accuracy": {"real": {"train": 1.0, "val": 0.912}, "linearized": {"train": 0.975, "val": 0.857}},
+    "kernel_drift": 1.87, "kernel_drift_rows": 40, "lambda_max_init": 20.3, "lambda_max_trained": 79.1,
+    "lambda_max_ratio": 3.9, "stability_margin": 0.974, "stability_margin_init": 0.25, "lr_for_margin": 0.0123,
+    "diverged": False, "edge_of_stability": True,
+    "spot_check": {"samples": 8, "indices": [0, 3, 5, 9, 14, 20, 31, 39], "ranked_by": "fsi",
+                   "ranked_by_measure": "predictions",
+                   "predictions": {"pearson": 0.113, "pearson_interval": [-0.52, 0.81], "spearman": 0.19,
+                                   "spearman_interval": [-0.6, 0.9]},
+                   "weights": {"pearson": 0.402, "pearson_interval": [-0.1, 0.95], "spearman": 0.33,
+                               "spearman_interval": [-0.4, 0.9]}},
+    "seconds": {"features": 1.2, "linearized": 0.3, "train_and_retrain": 41.7, "trained_features_and_drift": 2.0,
+                "total": 45.2},
+}
+
+
+@pytest.mark.parametrize("verdict,css", [("not trusted", "trust-not-trusted"), ("caution", "trust-caution"),
+                                         ("trusted", "trust-trusted")])
+def test_trust_box_at_the_top_with_colour_figures_and_advice(tmp_path, verdict, css):
+    _results(tmp_path, images=False)
+    (tmp_path / "settings.json").write_text(json.dumps({"lr": 0.1, "trust": {**TRUST, "verdict": verdict}}))
+    html = open(build_report(str(tmp_path), title="t")).read()
+    start = html.index(f"<div class='trust {css}'>")
+    assert start < html.index("Key findings") and html.index("<h1>") < start
+    box = html[start:html.index("</div>", start)]
+    for text in ("0.113 [-0.52, 0.81]", "0.402 [-0.10, 0.95]", "0.734", "1.87", "3.9", "0.25 → 0.974",
+                 "edge of stability", "1.000 / 0.975", "0.912 / 0.857", "45.2", "lower the learning rate",
+                 "start from pretrained weights", "8 samples spread over the F-SI ranking"):
+        assert text in box, text
+    assert html.count("class='trust ") == 1

@@ -165,7 +165,7 @@ def test_cli_sources_planted_ranks_the_clean_source_first(tmp_path, capsys):
              X_val=d.images[va] / 16.0, y_val=d.target[va])
     out = tmp_path / "out"
     status = main(["sources", "--data", str(path), "--out", str(out), "--width", "64", "--steps", "300",
-                   "--coords-per-layer", "200", "--no-progress", "--retrain"])
+                   "--coords-per-layer", "200", "--no-progress", "--retrain", "--trust-samples", "0"])
     stdout, err = capsys.readouterr()
     assert status == 0, err
     rows = {r["group"]: r for r in read_csv(out / "sources.csv")}

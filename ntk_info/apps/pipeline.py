@@ -77,6 +77,7 @@ class PipelineConfig:
     Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace";
     ``segments`` S: linearize the real training run at S checkpoints (``ntk_info.segments``) instead of
     at the init (None).
+    Evidence (``ntk_info.trust``): the real network retrained without ``trust_samples`` samples (0 skips it).
     """
 
     data: str = "digits"
@@ -104,6 +105,7 @@ class PipelineConfig:
     pretrain_classes: tuple | None = None
     pretrain_steps: int = 1000
     linearize: str = "init"
+    trust_samples: int = 12
 
     def validate(self) -> "PipelineConfig":
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
@@ -140,6 +142,7 @@ class PipelineConfig:
         if self.linearize not in PIPELINE_LINEARIZATIONS:
             raise ConfigError("linearize", f"expected one of {', '.join(PIPELINE_LINEARIZATIONS)}, got "
                                            f"{self.linearize!r}")
+        _integer(self.trust_samples, "trust_samples", 0)
         if self.seed >= 2 ** 32:
             raise ConfigError("seed", f"expected an integer < 2**32, got {self.seed}")
         if self.init is not None and not os.path.exists(self.init):
@@ -345,6 +348,7 @@ class Pipeline:
         self.damping = influence_damping(self.lr, config.steps, config.weight_decay)
         self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
         self._trained = None
+        self.trust = None
 
     def _build(self, name, width, seed, num_outputs=None):
         from ntk_info.models import get_model, init_params
@@ -440,17 +444,27 @@ class Pipeline:
         return dict(lr=self.lr, steps=c.steps, weight_decay=c.weight_decay, discrete=True, kernel=self.kernel)
 
     def score(self):
-        """``ntk_info.score`` of the training samples (F-SI on the validation half)."""
+        """``ntk_info.score`` of the training samples (F-SI on the validation half), with ``result.trust`` (and
+        ``self.trust``) = ``ntk_info.trust`` on ``trust_samples`` retrainings unless that is 0."""
         import ntk_info
 
         c = self.config
         if c.linearize != "init":
             return self._score_linearized()
         with self.stage("scores (F-SI, SI, LOO)"):
-            return ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
-                                  coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
-                                  progress=self.progress, **self._score_options(),
-                                  **({} if c.segments is None else dict(linearize="segments", segments=c.segments)))
+            result = ntk_info.score(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
+                                    coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
+                                    progress=self.progress, trust_samples=0, **self._score_options(),
+                                    **({} if c.segments is None else dict(linearize="segments", segments=c.segments)))
+        if not c.trust_samples:
+            return result
+        samples = min(c.trust_samples, self.X.shape[0])
+        with self.stage(f"trust check ({samples} retrainings)"):
+            self.trust = ntk_info.trust(self.model.apply_fn, self.params0, self.X, self.Y, self.data.X_val,
+                                        self.data.y_val, result=result, lr=self.lr, steps=c.steps,
+                                        weight_decay=c.weight_decay, samples=samples, seed=c.seed,
+                                        progress=self.progress)
+        return dataclasses.replace(result, trust=self.trust)
 
     def _score_linearized(self):
         """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or
@@ -534,4 +548,5 @@ class Pipeline:
                                    "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
                                    }[self.kernel],
                 "seed": c.seed, **self.start, "warnings": list(self.warnings), "linearize": c.linearize,
-                **getattr(self, "linearize_settings", {})}
+                **getattr(self, "linearize_settings", {}), "trust_samples": c.trust_samples,
+                **({"trust": self.trust} if self.trust is not None else {})}

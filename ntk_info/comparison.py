@@ -109,7 +109,7 @@ def _linearization(apply_fn, params0, trained, X, Y, X_val, Y_val, subset, *, lr
 
     res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
                 weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"], seed=opts["seed"],
-                method=opts["method"], kernel=opts["kernel"], progress=False)
+                method=opts["method"], kernel=opts["kernel"], trust_samples=0, progress=False)
     return {"weights": np.asarray(res.weight_change_sq)[subset],
             "predictions": np.asarray(res.prediction_change_sq)[subset],
             "self": _sq_rows(np.asarray(res.self_prediction_change)[subset])}
@@ -145,7 +145,7 @@ def _segments(segments, spacing):
         res = score(apply_fn, params0, X, np.asarray(Y, dtype=np.float64), X_val, lr=lr, steps=steps,
                     weight_decay=weight_decay, discrete=True, coords_per_layer=opts["coords_per_layer"],
                     seed=opts["seed"], method=opts["method"], kernel=opts["kernel"], linearize="segments",
-                    segments=segments, spacing=spacing, progress=False)
+                    segments=segments, spacing=spacing, trust_samples=0, progress=False)
         return {"weights": np.asarray(res.weight_change_sq)[subset],
                 "predictions": np.asarray(res.prediction_change_sq)[subset],
                 "self": _sq_rows(np.asarray(res.self_prediction_change)[subset]), "info": res.settings}

@@ -45,7 +45,7 @@ def test_linearization_row_is_the_scores_estimator():
                     methods=("linearization",), coords_per_layer=30, kernel="trace", method="subsample",
                     progress=False)
     res = ntk_info.score(model.apply_fn, p0, X, Y, X_val, lr=0.05, steps=20, discrete=True, coords_per_layer=30,
-                         seed=1, kernel="trace", method="subsample", progress=False)
+                         seed=1, kernel="trace", method="subsample", trust_samples=0, progress=False)
     est, subset = table.row("linearization").estimates, table.brute.indices
     np.testing.assert_allclose(est["weights"], res.weight_change_sq[subset], rtol=1e-12)
     np.testing.assert_allclose(est["predictions"], res.prediction_change_sq[subset], rtol=1e-12)

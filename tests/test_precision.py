@@ -45,7 +45,7 @@ apply_fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
 feats = projected_features(apply_fn, params, X, progress=False)
 phi = np.asarray(feats.phi, np.float64)[:, 0]
 lr = 0.5 / np.linalg.eigvalsh(phi @ phi.T).max()  # η·t·λmax = 1e4 at t = 20000
-sc = score(apply_fn, params, X, Y, Xv, lr=lr, steps=20000.0, progress=False)
+sc = score(apply_fn, params, X, Y, Xv, lr=lr, steps=20000.0, trust_samples=0, progress=False)
 feats_val = sc.projection.features(Xv, progress=False)
 np.savez(sys.argv[2], weight=sc.weight_change_sq, fsi=sc.fsi, phi=sc.projection.features(X, progress=False).phi,
          phi_val=feats_val.phi, f0=feats.outputs, lr=lr)

@@ -45,13 +45,19 @@ _EXPORTS = {
     "trust": "evidence",
 }
 
-__all__ = sorted(_EXPORTS)
+# Submodules reachable as attributes (``ntk_info.influence.influence_exact``), imported on first use.
+_SUBMODULES = ("influence", "mpe", "brute", "streaming", "distributed", "segments", "linearize", "models",
+               "training", "data", "features")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 
 def __getattr__(name):
     if name in _EXPORTS:
         module = importlib.import_module(f"ntk_info.{_EXPORTS[name]}")
         return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ntk_info.{name}")
     raise AttributeError(f"module 'ntk_info' has no attribute {name!r}")
 
 

@@ -63,3 +63,13 @@ def test_non_numeric_and_complex_engine_inputs_name_the_argument():
         leave_one_out(np.eye(3), residuals=np.ones(3) * 1j, lr=0.1, steps=1.0, progress=False)
     with pytest.raises(ValueError, match=r"^kernel: expected a real numeric array, got dtype <U"):
         leave_one_out(np.array([["a"]]), residuals=np.ones(1), lr=0.1, steps=1.0, progress=False)
+
+
+def test_documented_submodules_are_attributes():
+    """README names ntk_info.influence, .mpe, .brute, .streaming, .distributed: each is reachable as an attribute."""
+    import ntk_info
+
+    for name in ("influence", "mpe", "brute", "streaming", "distributed"):
+        assert getattr(ntk_info, name).__name__ == f"ntk_info.{name}"
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        ntk_info.nonexistent

@@ -471,7 +471,7 @@ def _detection_scores(run, result, methods):
     if "loo_margin" in methods:
         out["loo_margin"] = -loo["loo_margin"]
     if "loo_prob" in methods:
-        out["loo_prob"] = -loo["loo_log_prob_given"]  # same order as the probability, without 0/1 ties
+        out["loo_prob"] = -loo["loo_prob_given"]
     params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
         out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)

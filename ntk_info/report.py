@@ -462,7 +462,7 @@ def _key_findings(out_dir, found):
                 f"(AUROC {float(best['auroc']):.3f}, "
                 f"average precision {float(best['ap']):.3f}; inspecting its top 10% finds "
                 f"{100 * float(best['found_top10']):.0f}% of them).")
-        ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual")]
+        ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob")]
         outside = {r["method"]: r for r in rows}.get("cleanlab")
         if ours and outside:
             top = max(ours, key=lambda r: float(r["auroc"]))
@@ -539,7 +539,10 @@ def _detection_section(page, out_dir, cols):
     page.table(rows)
     if cols and bad_name in cols:
         is_bad = cols[bad_name].astype(float) > 0
-        scores = {r["method"]: cols[r["method"]].astype(float) for r in rows if r["method"] in cols}
+        from ntk_info.apps.detect import suspicion_from_columns
+
+        scores = {r["method"]: suspicion_from_columns(cols, r["method"]) for r in rows}
+        scores = {method: s for method, s in scores.items() if s is not None}
         if scores:
             page.figure("roc", roc_figure(scores, is_bad, f"ROC: detecting {bad_name}"), "ROC curve of every score.")
 

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import ntk_info
+from ntk_info.apps.detect import suspicion_from_columns
 from ntk_info.cli import main
 from ntk_info.data import load_dataset
 from ntk_info.models import get_model, init_params
@@ -59,8 +60,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     scores = read_csv(os.path.join(out, "scores.csv"))
     assert len(scores) == 60 and sum(r["is_noisy"] for r in scores) == 6
     is_noisy = np.array([r["is_noisy"] for r in scores])
+    columns = {name: np.array([s[name] for s in scores]) for name in scores[0]}
     for r in detection:  # detection.csv is the AUROC of the scores.csv column against the flipped labels
-        column = np.array([s[r["method"]] for s in scores])
+        column = suspicion_from_columns(columns, r["method"])
         assert r["auroc"] == pytest.approx(roc_auc_score(is_noisy, column), abs=1e-12)
     summary = read_csv(os.path.join(out, "summarize.csv"))
     assert {r["strategy"] for r in summary} == {"full data", "bottom", "top", "random", "bottom-iterative"}

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe",
+__all__ = ["SUSPICION_COLUMNS", "suspicion_from_columns", "detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe",
            "loo_detection_scores"]
 
 
@@ -116,6 +116,17 @@ def cleanlab_scores(X, labels, *, num_classes: int, hidden: int = 256, folds: in
     if probs.shape[1] != num_classes:
         raise ValueError(f"labels: every fold must see all {num_classes} classes, got {probs.shape[1]}")
     return 1.0 - get_label_quality_scores(labels, probs)
+
+
+# Detectors whose scores.csv column means "higher = cleaner": that column and the sign that turns it into a
+# suspicion score (higher = more suspicious), as detection.csv's AUROC uses it.
+SUSPICION_COLUMNS = {"loo_margin": ("loo_margin", -1.0), "loo_prob": ("loo_prob_given", -1.0)}
+
+
+def suspicion_from_columns(columns: dict, method: str):
+    """Detector ``method``'s suspicion score (higher = more suspicious) from scores.csv columns, or None."""
+    column, sign = SUSPICION_COLUMNS.get(method, (method, 1.0))
+    return None if column not in columns else sign * np.asarray(columns[column], dtype=float)
 
 
 def loo_detection_scores(result, labels) -> dict:

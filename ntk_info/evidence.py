@@ -330,9 +330,9 @@ def _trained_figures(apply_fn, projection, trained, init, init_val, X, X_val, Yf
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"linearization_gap": _finite(gap), "linearization_gap_train": _finite(gap_train), "accuracy": accuracy,
                 "kernel_drift": _finite(drift["drift"]), "kernel_drift_rows": drift["rows"],
-                "lambda_max_trained": lmax_t, "lambda_max_ratio": _finite(lmax_t / lmax0),
+                "lambda_max_trained": lmax_t, "lambda_max_ratio": _finite(np.float64(lmax_t) / lmax0),
                 "stability_margin": lr * (lmax_t + weight_decay) / 2,
-                "lr_for_margin": 2 * THRESHOLDS["trusted_margin"] / (lmax_t + weight_decay)}
+                "lr_for_margin": _finite(np.float64(2 * THRESHOLDS["trusted_margin"]) / (lmax_t + weight_decay))}
 
 
 def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, steps, weight_decay=0.0, samples=12,
@@ -393,7 +393,7 @@ def trust(apply_fn: Callable, params, X, Y, X_val, Y_val=None, *, result, lr, st
                              "kernel_drift_rows", "lambda_max_trained", "lambda_max_ratio", "stability_margin"))
     figures.update({"gap_inputs": "validation" if X_val is not None else "training", "lambda_max_init": lmax0,
                     "stability_margin_init": float(lr) * (lmax0 + wd) / 2,
-                    "lr_for_margin": 2 * THRESHOLDS["trusted_margin"] / (lmax0 + wd),
+                    "lr_for_margin": _finite(np.float64(2 * THRESHOLDS["trusted_margin"]) / (lmax0 + wd)),
                     "diverged": not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(trained)),
                     "spot_check": {"samples": int(picks.size), "indices": picks.tolist(), "ranked_by": ranked_by,
                                    "ranked_by_measure": "predictions" if ranked_by == "fsi" else "weights"}})

@@ -196,6 +196,10 @@ def test_trust_refuses_settings_other_than_the_scores():
         ntk_info.trust(model.apply_fn, params, X, Y, X_val, samples=2, **common)
     with pytest.raises(ValueError, match="X_val: pass the validation inputs"):
         ntk_info.trust(model.apply_fn, params, X, Y, X_val[:3], **common)
-    with pytest.raises(ValueError, match="finite integer number of GD steps"):
+    with pytest.raises(ValueError, match=r"trust_samples: .*steps=inf is not a finite number of GD steps"):
         ntk_info.score(model.apply_fn, params, X, Y, X_val, lr=0.01, steps=float("inf"), trust_samples=4,
                        progress=False)
+    # by default the check is skipped where it cannot apply, and the result says why
+    res = ntk_info.score(model.apply_fn, params, X, Y, X_val, lr=0.01, steps=float("inf"), weight_decay=0.1,
+                         progress=False)
+    assert res.trust is None and "not a finite number of GD steps" in res.settings["trust_skipped"]

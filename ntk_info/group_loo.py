@@ -43,6 +43,7 @@ import numpy as np
 
 from ntk_info import rational
 from ntk_info.dynamics import filter_values
+from ntk_info.loo import check_kernel_or_features
 
 __all__ = ["GroupLOOResult", "leave_group_out", "METHODS"]
 
@@ -122,13 +123,7 @@ def _flat(kernel):
 
 
 def _prepare(kernel, features, residuals, cross_kernel, cross_features):
-    if (kernel is None) == (features is None):
-        raise ValueError("kernel/features: expected exactly one of kernel= (n, n) or (n, n, k, k) and features= "
-                         f"(n, p) or (n, k, p), got {'both' if kernel is not None else 'neither'}.")
-    if kernel is not None and cross_features is not None:
-        raise ValueError("cross_features: given with kernel=; pass cross_kernel= (m, n[, k, k]) instead.")
-    if features is not None and cross_kernel is not None:
-        raise ValueError("cross_kernel: given with features=; pass cross_features= (m[, k], p) instead.")
+    check_kernel_or_features(kernel, features, cross_kernel, cross_features)
     R = _float(residuals, "residuals")
     if kernel is not None:
         K = _float(kernel, "kernel")

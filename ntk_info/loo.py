@@ -65,7 +65,8 @@ except ImportError:
 from ntk_info import rational, secular
 from ntk_info.dynamics import _check_settings, _warn_unstable, filter_values
 
-__all__ = ["LOOResult", "leave_one_out", "DTYPES", "LOSSES", "SamplePlan", "per_sample_plan", "sample_changes"]
+__all__ = ["LOOResult", "leave_one_out", "DTYPES", "LOSSES", "SamplePlan", "per_sample_plan", "sample_changes",
+           "check_kernel_or_features"]
 
 DTYPES = ("float64", "float32")  # engine precision; float64 is the default whatever jax_enable_x64 says
 LOSSES = ("sum", "mean")
@@ -136,8 +137,8 @@ def _as_float(x, name, dtype):
     return arr
 
 
-def _shapes(kernel, features, residuals, cross_kernel, cross_features):
-    """Check shapes; return (n, kb, q, N) with kb rows per sample and q right-hand sides per row."""
+def check_kernel_or_features(kernel, features, cross_kernel, cross_features) -> None:
+    """Exactly one of kernel= / features=, and the cross term of the same kind (ValueError naming the argument)."""
     if (kernel is None) == (features is None):
         raise ValueError("kernel/features: expected exactly one of kernel= (n, n) or (n, n, k, k) and features= "
                          f"(n, p) or (n, k, p), got {'both' if kernel is not None else 'neither'}.")
@@ -145,6 +146,11 @@ def _shapes(kernel, features, residuals, cross_kernel, cross_features):
         raise ValueError("cross_features: given with kernel=; pass cross_kernel= (m, n[, k, k]) instead.")
     if features is not None and cross_kernel is not None:
         raise ValueError("cross_kernel: given with features=; pass cross_features= (m[, k], p) instead.")
+
+
+def _shapes(kernel, features, residuals, cross_kernel, cross_features):
+    """Check shapes; return (n, kb, q, N) with kb rows per sample and q right-hand sides per row."""
+    check_kernel_or_features(kernel, features, cross_kernel, cross_features)
     if kernel is not None:
         name, full = "kernel", kernel.ndim == 4
         square = kernel.ndim in (2, 4) and kernel.shape[0] == kernel.shape[1] and kernel.shape[2:3] == kernel.shape[3:]

@@ -2,14 +2,15 @@
 
 Scale (default): MNIST-shaped synthetic inputs (28×28×1, 10 classes: class templates plus noise),
 the SI paper's MLP (one hidden layer of 1024, NTK parameterization) or CNN, projected features
-(countsketch, ``--coords-per-layer`` per leaf) streamed in batches through the primal LOO
+(``--projection``, default the SI paper's subsampling, whose Dense kernels come from the zoo's
+factored per-sample Jacobian; ``--coords-per-layer`` per leaf) streamed in batches through the primal LOO
 (``ntk_info.streaming``: pass 1 accumulates ΦᵀΦ, pass 2 recomputes each batch's features for the
 per-sample LOO; the full n·k × n·k kernel, rank-10 removal per sample; float32 network and
 features, float64 Gram and LOO; 1000 GD steps at lr = 1/λ_max; F-SI on ``--n-val`` inputs). Each n runs in a fresh
 subprocess; per stage it records wall seconds and the peak resident memory (RSS sampled every
 20 ms), then prints a table and each stage's growth n → n' against linear growth.
 
-    python experiments/bench_scale.py --sizes 5000,10000,20000,50000 [--model cnn] [--coords-per-layer 2000]
+    python experiments/bench_scale.py --sizes 5000,10000,20000,50000 [--model cnn] [--coords-per-layer 1000]
 
 Iterative summarization (``--iterative``): the demo's setting (digits, 1000 samples, 10 classes,
 MLP-256, 2000 coordinates per leaf, trace kernel, 1000 GD steps, F-SI, 19 removals of 5 %): the
@@ -59,7 +60,7 @@ class StageMeter:
         self._peak = self._rss()
 
 
-def run_one(n, model_name, coords, n_val, batch_size, out_dir):
+def run_one(n, model_name, coords, n_val, batch_size, out_dir, method):
     """One end-to-end run at size n (in this process); returns the stage records."""
     import jax
 
@@ -80,7 +81,7 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     model = get_model(model_name, 10)
     # float32 network and features (the Jacobian of a batch is the memory peak); the engine is float64
     params = jax.tree_util.tree_map(lambda w: w.astype(np.float32), init_params(model, (28, 28, 1), seed=0))
-    projection = projected_features(model.apply_fn, params, X[:2], coords_per_layer=coords, seed=0,
+    projection = projected_features(model.apply_fn, params, X[:2], coords_per_layer=coords, seed=0, method=method,
                                     progress=False).projection
     meter.stage("data + model", start=t0)
     # lr = 0.5/λmax, λmax of the kernel estimated on ≤ 500 samples by power iteration and scaled to n
@@ -94,9 +95,8 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     lr = 0.5 / (lam * n / n_sub)
     meter.stage("lr estimate", start=t0 + meter.records["data + model"]["seconds"])
     result = streamed_leave_one_out(projection, X, Y, X_val, lr=lr, steps=1000.0, discrete=True,
-                                    batch_size=batch_size, progress=False)
-    for name, seconds in result.seconds.items():
-        meter.stage(name, seconds=seconds, cpu_seconds=result.cpu_seconds[name])
+                                    batch_size=batch_size, progress=False,
+                                    on_stage=lambda name, seconds, cpu: meter.stage(name, seconds, cpu))
     t1 = time.perf_counter()
     si = 0.5 * result.weight_change_sq
     fsi = result.prediction_change_sq / (2.0 * result.n_val)
@@ -106,7 +106,8 @@ def run_one(n, model_name, coords, n_val, batch_size, out_dir):
     meter.stage("scores + CSV", start=t1)
     meter.records["total"] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time(),
                               "peak_rss_gb": max(r["peak_rss_gb"] for r in meter.records.values())}
-    meter.records["info"] = {"p": result.p, "rank": result.rank, "solver": result.solver, "n_val": result.n_val}
+    meter.records["info"] = {"p": result.p, "rank": result.rank, "solver": result.solver, "n_val": result.n_val,
+                             "projection": method, "factored": projection.factored}
     return meter.records
 
 
@@ -116,7 +117,7 @@ def scale(args):
     for n in sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--model", args.model, "--coords-per-layer",
                str(args.coords_per_layer), "--n-val", str(args.n_val), "--batch-size", str(args.batch_size),
-               "--out", args.out]
+               "--projection", args.projection, "--out", args.out]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"n = {n}: failed\n{proc.stderr[-2000:]}")
@@ -125,7 +126,7 @@ def scale(args):
         info = table[n].pop("info")
         print(f"n = {n}: {json.dumps(table[n])}  ({info})", flush=True)
     stages = [s for s in next(iter(table.values()))]
-    print(f"\n{args.model}, {args.coords_per_layer} coords/leaf, n_val = {args.n_val}: "
+    print(f"\n{args.model}, {args.projection}, {args.coords_per_layer} coords/leaf, n_val = {args.n_val}: "
           "wall s / CPU s (peak RSS GB)")
     print(f"{'stage':<16}" + "".join(f"{'n=' + str(n):>26}" for n in table))
     for stage in stages:
@@ -198,16 +199,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="5000,10000,20000,50000")
     parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
-    parser.add_argument("--coords-per-layer", type=int, default=2000)
+    parser.add_argument("--coords-per-layer", type=int, default=1000)
+    parser.add_argument("--projection", default="subsample", choices=("subsample", "countsketch"))
     parser.add_argument("--n-val", type=int, default=200, help="validation inputs for F-SI (default: 200)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per feature batch (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=512, help="samples per feature batch (default: 512)")
     parser.add_argument("--out", default="/tmp/bench_scale")
     parser.add_argument("--iterative", action="store_true")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.one:
-        print(json.dumps(run_one(args.one, args.model, args.coords_per_layer, args.n_val, args.batch_size, args.out)))
+        print(json.dumps(run_one(args.one, args.model, args.coords_per_layer, args.n_val, args.batch_size, args.out,
+                                 args.projection)))
     elif args.iterative:
         iterative(args)
     else:

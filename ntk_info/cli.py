@@ -795,7 +795,9 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
     g.add_argument("--projection", default="countsketch",
                    choices=("countsketch", "subsample", "gaussian", "rademacher"),
                    help="per-layer projection of the Jacobian: countsketch (default, most accurate per "
-                        "coordinate), subsample (the SI paper's), gaussian/rademacher (dense, slower)")
+                        "coordinate), subsample (the SI paper's; for the built-in models' Dense layers it reads "
+                        "the sampled coordinates off per-sample factors instead of full Jacobians: the fast "
+                        "choice for large n), gaussian/rademacher (dense, slower)")
     g.add_argument("--kernel", default="auto", choices=("auto", "full", "trace"),
                    help="full: the (n·k)x(n·k) NTK; trace: the output-averaged n x n kernel shared by the k "
                         "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "

@@ -102,6 +102,23 @@ class Projection:
                 "p": self.p, "p_per_leaf": dict(zip(self.leaf_names, self.layer_sizes)),
                 "leaf_dims": dict(zip(self.leaf_names, self.leaf_dims))}
 
+    @property
+    def factored(self) -> bool:
+        """Whether Dense kernels are projected from ``apply_fn.dense_factors`` (zoo models; the
+        subsample method, or every Dense kernel kept whole) rather than from full per-sample Jacobians."""
+        dense = getattr(self.apply_fn, "dense_factors", None)
+        return dense is not None and (self.method == "subsample" or all(
+            m == d for m, d in zip(self.layer_sizes, self.leaf_dims)))
+
+    def _memory_dims(self) -> int:
+        """Floats per sample and output one batch holds: d_ℓ per Jacobian leaf, about m_ℓ + out_ℓ + in_ℓ
+        per factored Dense kernel."""
+        if not self.factored:
+            return sum(self.leaf_dims)
+        shapes = [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(self.params)]
+        return sum(m + sum(shape) if len(shape) == 2 else d
+                   for m, d, shape in zip(self.layer_sizes, self.leaf_dims, shapes))
+
     def _sketch_keys(self):
         if self.method not in ("gaussian", "rademacher"):
             return None
@@ -113,7 +130,7 @@ class Projection:
         k = _check_apply(self.apply_fn, self.params, inputs)
         n = inputs.shape[0]
         devices = jax.local_devices()  # this process's: a multi-process run shards samples by process
-        batch_size = _resolve_batch_size(batch_size, n, k, sum(self.leaf_dims), len(devices),
+        batch_size = _resolve_batch_size(batch_size, n, k, self._memory_dims(), len(devices),
                                          jnp.result_type(*jax.tree_util.tree_leaves(self.params)).itemsize)
         mesh = Mesh(np.array(devices), ("batch",))
         data_sharding = NamedSharding(mesh, PartitionSpec("batch"))
@@ -138,7 +155,7 @@ class Projection:
                 xb = jnp.concatenate([xb, pad])
             phi_b, out_b, finite_b = _project_batch(
                 params, jax.device_put(xb, data_sharding), index_arrays, sign_arrays, scales, sketch_keys,
-                apply_fn=self.apply_fn, method=self.method, layer_sizes=self.layer_sizes)
+                apply_fn=self.apply_fn, method=self.method, layer_sizes=self.layer_sizes, factored=self.factored)
             phi_b, out_b = np.asarray(phi_b)[: stop - start], np.asarray(out_b)[: stop - start]
             if phi is None:
                 phi = np.empty((n, *phi_b.shape[1:]), phi_b.dtype)
@@ -164,20 +181,45 @@ def _single_output(apply_fn, params, x):
     return apply_fn(params, x[None])[0]
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "method", "layer_sizes"))
-def _project_batch(params, xb, indices, signs, scales, sketch_keys, *, apply_fn, method, layer_sizes):
+@functools.partial(jax.jit, static_argnames=("apply_fn", "method", "layer_sizes", "factored"))
+def _project_batch(params, xb, indices, signs, scales, sketch_keys, *, apply_fn, method, layer_sizes, factored):
     """Φ (b, k, p), f0 (b, k) and per-leaf finiteness (L,) of one batch; jitted, sample axis sharded.
 
     Per-sample Jacobians come from vmap(jacrev) (memory b·k·d for this batch only); each leaf block
     (b, k, d_ℓ) is projected right away: gathered and rescaled (subsample), gathered into the bucket
     table, signed and summed per bucket (countsketch), or multiplied by a dense sketch regenerated
-    chunk by chunk from the leaf key (gaussian / rademacher).
+    chunk by chunk from the leaf key (gaussian / rademacher). With ``factored``, Dense kernels come
+    from ``apply_fn.dense_factors`` instead (J_iℓ[k, (u, v)] = a_i[u] g_ik[v]): a subsampled
+    coordinate costs one product, and the (b, k, d_ℓ) block is never formed.
     """
-    single = functools.partial(_single_output, apply_fn)
-    jac = jax.vmap(jax.jacrev(single), in_axes=(None, 0))(params, xb)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    factors = {}
+    if factored:
+        outputs, factors = apply_fn.dense_factors(params, xb)
+    jacobians = {}
+    others = [leaf for leaf in range(len(leaves)) if leaf not in factors]
+    if others:
+        def single(values, x):
+            full = list(leaves)
+            for leaf, value in zip(others, values):
+                full[leaf] = value
+            return _single_output(apply_fn, treedef.unflatten(full), x)
+
+        values = jax.vmap(jax.jacrev(single), in_axes=(None, 0))([leaves[leaf] for leaf in others], xb)
+        jacobians = dict(zip(others, values))
     blocks, finite = [], []
-    for leaf, (j_leaf, m) in enumerate(zip(jax.tree_util.tree_leaves(jac), layer_sizes)):
-        j_leaf = j_leaf.reshape(*j_leaf.shape[:2], -1)  # (b, k, d_ℓ)
+    for leaf, m in enumerate(layer_sizes):
+        if leaf in factors:
+            a, g = factors[leaf]  # (b, in), (b, k, out)
+            finite.append(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(g)))
+            width = g.shape[-1]
+            if m == a.shape[1] * width:
+                blocks.append((a[:, None, :, None] * g[:, :, None, :]).reshape(*g.shape[:2], -1))
+            else:  # subsample: coordinate c of the (in, out) kernel is (c // out, c % out)
+                idx = indices[leaf]
+                blocks.append(a[:, None, idx // width] * g[:, :, idx % width] * scales[leaf].astype(g.dtype))
+            continue
+        j_leaf = jacobians[leaf].reshape(*jacobians[leaf].shape[:2], -1)  # (b, k, d_ℓ)
         finite.append(jnp.all(jnp.isfinite(j_leaf)))
         d = j_leaf.shape[-1]
         if m == d:
@@ -189,7 +231,8 @@ def _project_batch(params, xb, indices, signs, scales, sketch_keys, *, apply_fn,
             blocks.append((j_leaf[..., indices[leaf]] * signs[leaf].astype(j_leaf.dtype)).sum(axis=-2))
         else:
             blocks.append(_sketch(j_leaf, sketch_keys[leaf], m, method))
-    outputs = apply_fn(params, xb)
+    if not factored:
+        outputs = apply_fn(params, xb)
     return jnp.concatenate(blocks, axis=-1), outputs, jnp.stack(finite)
 
 

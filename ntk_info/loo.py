@@ -439,28 +439,47 @@ def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shap
 
     the difference φ(s)∘c - φ(diag(s) - Z_i Z_iᵀ)(c - Z_i r_i) without forming either term:
     O(P r k (k + q)) per sample and grid point (P poles) instead of the downdate's O(k r²).
-    consts (G,), poles and residues (G, P) for the G = Gt·Gλ grid points.
+    Every O(r) contraction is one real matrix product over the batch (poles × r times r × samples):
+    N from the products Z_i[l, a] Z_i[l, c], the right-hand sides from Z_i, and Re Σ_j a_j F_j⁻¹ β_ij
+    (Z_i is real); only the k × k solves are complex. consts (G,), poles and residues (G, P) for the
+    G = Gt·Gλ grid points.
     """
-    rows = ids[:, None] * kb + jnp.arange(kb)
-    Z = jnp.moveaxis(T[:, rows], 0, 1)  # (b, r, kb)
-    Ri = R[rows]  # (b, kb, q)
-    Finv = 1.0 / (s[None, None, :] - poles[:, :, None])  # (G, P, r)
-    Zc = Z.astype(Finv.dtype)
-    ZF = jnp.einsum("bla,gpl->bgpla", Zc, Finv)
-    N = jnp.eye(kb, dtype=Finv.dtype) - jnp.einsum("bgpla,blc->bgpac", ZF, Zc)
-    rhs = Ri[:, None, None].astype(Finv.dtype) - jnp.einsum("bgpla,lq->bgpaq", ZF, c.astype(Finv.dtype))
-    beta = jnp.linalg.solve(N, rhs)  # (b, G, P, kb, q)
-    d = jnp.einsum("gp,bgpla,bgpaq->bglq", residues, ZF, beta).real
-    d = d + consts[None, :, None, None] * jnp.einsum("bla,baq->blq", Z, Ri)[:, None]
+    rows = (ids[:, None] * kb + jnp.arange(kb)).reshape(-1)
+    Zt = T[:, rows]  # (r, b·kb): column (i, a) = Z_i[:, a]
+    r_dim, q = c.shape
+    b = ids.shape[0]
+    G, P = poles.shape
+    Ri = R[rows].reshape(b, kb, q)
+    F = 1.0 / (s[None, None, :] - poles[:, :, None])  # (G, P, r) complex
+    F2 = jnp.concatenate([F.real, F.imag]).reshape(2 * G * P, r_dim)  # real and imaginary parts, one product
+    Z3 = Zt.reshape(r_dim, b, kb)
+    upper_a, upper_c = np.triu_indices(kb)  # Z_iᵀ F Z_i is symmetric: products of the upper triangle only
+    position = np.zeros((kb, kb), int)
+    position[upper_a, upper_c] = position[upper_c, upper_a] = np.arange(upper_a.size)
+    outer = (Z3[:, :, upper_a] * Z3[:, :, upper_c]).reshape(r_dim, b * upper_a.size)
+    ZFZ = (F2 @ outer).reshape(2, G, P, b, upper_a.size)[..., position]
+    N = jnp.eye(kb) - (ZFZ[0] + 1j * ZFZ[1])
+    ZFc = ((F2[:, :, None] * c[None]).transpose(0, 2, 1).reshape(2 * G * P * q, r_dim) @ Zt).reshape(2, G, P, q, b, kb)
+    ZFc = ZFc[0] + 1j * ZFc[1]
+    rhs = Ri[None, None].astype(N.dtype) - jnp.moveaxis(ZFc, 2, -1)  # (G, P, b, kb, q)
+    beta = jnp.linalg.solve(N, rhs)  # (G, P, b, kb, q)
+    AF = residues[:, :, None] * F  # (G, P, r)
+    beta = beta.reshape(G, P, b * kb * q)
+    M = jnp.einsum("gpl,gpm->glm", AF.real, beta.real) - jnp.einsum("gpl,gpm->glm", AF.imag, beta.imag)
+    d = jnp.sum(Z3[None, :, :, :, None] * M.reshape(G, r_dim, b, kb, q), axis=3)  # (G, r, b, q)
+    ZR = jnp.einsum("lba,baq->lbq", Z3, Ri)
+    d = d + consts[:, None, None, None] * ZR[None]
+    d2 = jnp.sum(d * d, axis=3)  # (G, r, b)
     out = {
-        "weight": jnp.sum(d * d, axis=(2, 3)),
-        "train": jnp.einsum("l,bglq->bg", s, d * d),
-        "self": jnp.einsum("bla,bglq->bgaq", Z, d).reshape(d.shape[:2] + (-1,)),
+        "weight": jnp.sum(d2, axis=1).T,
+        "train": jnp.einsum("l,glb->bg", s, d2),
+        "self": jnp.einsum("lba,glbq->bgaq", Z3, d).reshape(b, G, kb * q),
     }
     if Bv is not None:
-        out["val"] = jnp.sum(jnp.einsum("ml,bglq->bgmq", Bv, d) ** 2, axis=(2, 3))
+        pred = Bv @ jnp.moveaxis(d, 1, 0).reshape(r_dim, G * b * q)  # (M, G·b·q)
+        out["val"] = jnp.sum((pred * pred).reshape(-1, G, b, q), axis=(0, 3)).T
     if return_coords:
-        out["coords"] = d
+        out["coords"] = jnp.transpose(d, (2, 0, 1, 3))  # (b, G, r, q)
     return jax.tree_util.tree_map(lambda x: x.reshape((x.shape[0],) + grid_shape + x.shape[2:]), out)
 
 
@@ -524,7 +543,8 @@ def sample_changes(plan: SamplePlan, s, T, R, c, Bv, *, V=None, s_all=None, retu
     if chunk_size is None:
         if path == "rational":
             n_poles = int(plan.fractions[1].shape[1])
-            per_sample = 16 * len(steps_grid) * len(lams) * r_dim * (n_poles * (kb + q) + 2 * q)
+            grid = len(steps_grid) * len(lams)
+            per_sample = 8 * r_dim * (kb * kb + 3 * grid * kb * q) + 32 * grid * n_poles * kb * (kb + q)
         else:
             per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
         chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,14 @@ class Model:
 
 
 # ----------------------------------------------------------------------------- layers
-# A layer is (init(key, shape) -> (out_shape, params), apply(params, x) -> y), as in stax.
+# A layer is (init(key, shape) -> (out_shape, params), apply(params, x) -> y), as in stax; ``dense``
+# marks a Dense layer, whose kernel's per-sample Jacobian has the outer-product form of ``dense_factors``.
+
+
+class _Layer(NamedTuple):
+    init: Callable
+    apply: Callable
+    dense: bool = False
 
 
 def _dense(out_dim):
@@ -45,7 +52,7 @@ def _dense(out_dim):
         W = params[0]
         return x @ W / math.sqrt(W.shape[0])
 
-    return init, apply
+    return _Layer(init, apply, dense=True)
 
 
 def _conv(out_chan, filter_shape, strides=(1, 1), padding="VALID"):
@@ -63,7 +70,7 @@ def _conv(out_chan, filter_shape, strides=(1, 1), padding="VALID"):
         fan_in = W.shape[0] * W.shape[1] * W.shape[2]
         return _conv_apply(x, W, strides, padding) / math.sqrt(fan_in)
 
-    return init, apply
+    return _Layer(init, apply)
 
 
 def _conv_apply(x, W, strides, padding):
@@ -72,7 +79,7 @@ def _conv_apply(x, W, strides, padding):
 
 
 def _stateless(fn, shape_fn=lambda shape: shape):
-    return (lambda key, shape: (shape_fn(shape), ())), (lambda params, x: fn(x))
+    return _Layer(lambda key, shape: (shape_fn(shape), ()), lambda params, x: fn(x))
 
 
 _relu = _stateless(jax.nn.relu)
@@ -85,23 +92,58 @@ _global_avg_pool = _stateless(lambda x: jnp.mean(x, axis=tuple(range(1, x.ndim -
 def _serial(*layers):
     def init(key, shape):
         params = []
-        for (layer_init, _), layer_key in zip(layers, jax.random.split(key, len(layers))):
-            shape, p = layer_init(layer_key, shape)
+        for layer, layer_key in zip(layers, jax.random.split(key, len(layers))):
+            shape, p = layer.init(layer_key, shape)
             params.append(p)
         return shape, params
 
     def apply(params, x):
-        for (_, layer_apply), p in zip(layers, params):
-            x = layer_apply(p, x)
+        for layer, p in zip(layers, params):
+            x = layer.apply(p, x)
         return x
 
-    return init, apply
+    def dense_factors(params, x):
+        """f(x) (b, k) and, per Dense kernel leaf ℓ (its index in ``tree_leaves(params)``), the factors
+        (a, g) of its per-sample Jacobian: ∂f_k(x_i)/∂W_ℓ[u, v] = a_i[u] · g_ik[v], with a (b, in) the
+        layer's input divided by sqrt(in) and g (b, k, out) the gradient of f_k with respect to the
+        layer's output (one forward pass, k backward passes; no (b, k, in·out) array)."""
+
+        def forward(taps):
+            inputs, h, tap = [], x, iter(taps)
+            for layer, p in zip(layers, params):
+                if layer.dense:
+                    if h.ndim != 2:
+                        raise ValueError(f"dense_factors: a Dense layer on inputs of shape {h.shape}; flatten first")
+                    a = h / math.sqrt(p[0].shape[0])
+                    inputs.append(a)
+                    h = a @ p[0] + next(tap)
+                else:
+                    h = layer.apply(p, h)
+            return h, inputs
+
+        widths = [p[0].shape[1] for layer, p in zip(layers, params) if layer.dense]
+        taps = [jnp.zeros((x.shape[0], w), x.dtype) for w in widths]
+        out, vjp_fn, inputs = jax.vjp(forward, taps, has_aux=True)
+        k = out.shape[1]
+        (grads,) = jax.vmap(vjp_fn)(jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, *out.shape)))
+        leaf_index, factors = 0, {}
+        dense_layers = iter(zip(inputs, grads))
+        for layer, p in zip(layers, params):
+            if layer.dense:
+                a, g = next(dense_layers)
+                factors[leaf_index] = (a, jnp.moveaxis(g, 0, 1))
+            leaf_index += len(jax.tree_util.tree_leaves(p))
+        return out, factors
+
+    if any(layer.dense for layer in layers):
+        apply.dense_factors = dense_factors
+    return _Layer(init, apply)
 
 
 def _residual(*layers):
     """x + main(x): params are the main branch's list (stax FanOut/parallel/FanInSum has the same network)."""
-    main_init, main_apply = _serial(*layers)
-    return main_init, lambda params, x: x + main_apply(params, x)
+    main = _serial(*layers)
+    return _Layer(main.init, lambda params, x: x + main.apply(params, x))
 
 
 # ----------------------------------------------------------------------------- the zoo
@@ -109,8 +151,8 @@ def _residual(*layers):
 
 def mlp(num_outputs: int = 1, width: int = 1024) -> Model:
     """One hidden layer of ``width`` ReLU units (SI paper §6, App. A.3), NTK parameterization."""
-    init_fn, apply_fn = _serial(_flatten, _dense(width), _relu, _dense(num_outputs))
-    return Model("mlp", init_fn, apply_fn, num_outputs)
+    net = _serial(_flatten, _dense(width), _relu, _dense(num_outputs))
+    return Model("mlp", net.init, net.apply, num_outputs)
 
 
 def cnn(num_outputs: int = 1) -> Model:
@@ -119,7 +161,7 @@ def cnn(num_outputs: int = 1) -> Model:
     Conv 32@4x4/2, Conv 32@4x4/2 (``SAME`` equals the paper's padding 1 at stride 2 on even sizes),
     Conv 64@3x3, Conv 256@3x3 (valid), FC 256, FC ``num_outputs``; ReLU after every hidden layer.
     """
-    init_fn, apply_fn = _serial(
+    net = _serial(
         _conv(32, (4, 4), (2, 2), "SAME"), _relu,
         _conv(32, (4, 4), (2, 2), "SAME"), _relu,
         _conv(64, (3, 3), (1, 1), "VALID"), _relu,
@@ -128,7 +170,7 @@ def cnn(num_outputs: int = 1) -> Model:
         _dense(256), _relu,
         _dense(num_outputs),
     )
-    return Model("cnn", init_fn, apply_fn, num_outputs)
+    return Model("cnn", net.init, net.apply, num_outputs)
 
 
 def resnet(num_outputs: int = 1, channels: int = 32, blocks: int = 2) -> Model:
@@ -139,12 +181,12 @@ def resnet(num_outputs: int = 1, channels: int = 32, blocks: int = 2) -> Model:
         return _residual(_relu, _conv(channels, (3, 3), padding="SAME"), _relu,
                          _conv(channels, (3, 3), padding="SAME"))
 
-    init_fn, apply_fn = _serial(
+    net = _serial(
         _conv(channels, (3, 3), padding="SAME"),
         *[block() for _ in range(blocks)],
         _relu, _global_avg_pool, _dense(num_outputs),
     )
-    return Model("resnet", init_fn, apply_fn, num_outputs)
+    return Model("resnet", net.init, net.apply, num_outputs)
 
 
 MODEL_NAMES = {"mlp": mlp, "cnn": cnn, "resnet": resnet}

@@ -74,7 +74,7 @@ def _flat(phi):
 
 def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_decay=0.0, discrete=False,
                            batch_size: int = 512, solver="auto", chunk_size=None, sum_across: Callable | None = None,
-                           progress=True) -> StreamedLOO:
+                           on_stage: Callable | None = None, progress=True) -> StreamedLOO:
     """Exact LOO of the linearized network on the features ``projection.features`` of (X, Y), streamed.
 
     Same model, loss and training as ``ntk_info.leave_one_out`` (sum loss, learning rate ``lr``,
@@ -82,7 +82,8 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
     setting, not a grid) on the full (n·k) × (n·k) kernel ΦΦᵀ (removing sample i drops its k rows)
     in the primal basis. ``Y`` (n, k) float targets; ``X_val`` adds F-SI's prediction_change_sq.
     ``batch_size`` samples' features are computed at a time (memory ≈ batch·k·(d + p) floats);
-    ``sum_across(tree) -> tree`` sums the Gram pass across processes (default: one process).
+    ``sum_across(tree) -> tree`` sums the Gram pass across processes (default: one process);
+    ``on_stage(name, seconds, cpu_seconds)`` is called as each stage ends (e.g. to sample memory per stage).
     Cost O(n·k·p² + p³) plus twice the features; memory O(p² + batch·k·p + n·k).
     """
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -117,6 +118,8 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
         gram, h = sum_across((gram, h))
     seconds["gram pass"] = time.perf_counter() - start_time
     cpu_seconds["gram pass"] = time.process_time() - start_cpu
+    if on_stage is not None:
+        on_stage("gram pass", seconds["gram pass"], cpu_seconds["gram pass"])
 
     # Factorization of the Gram (the same on every process).
     start_time, start_cpu = time.perf_counter(), time.process_time()
@@ -146,6 +149,8 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
     s_j, c_j = jnp.asarray(s, dtype), jnp.asarray(c, dtype)
     seconds["eigh"] = time.perf_counter() - start_time
     cpu_seconds["eigh"] = time.process_time() - start_cpu
+    if on_stage is not None:
+        on_stage("eigh", seconds["eigh"], cpu_seconds["eigh"])
 
     # Pass 2: Z_b = Uᵀ Φ_bᵀ, per-sample changes of the batch against the full factorization.
     start_time, start_cpu = time.perf_counter(), time.process_time()
@@ -164,6 +169,8 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
                 fields[name].append(np.asarray(out[name][0, 0]))
     seconds["loo pass"] = time.perf_counter() - start_time
     cpu_seconds["loo pass"] = time.process_time() - start_cpu
+    if on_stage is not None:
+        on_stage("loo pass", seconds["loo pass"], cpu_seconds["loo pass"])
     return StreamedLOO(
         weight_change_sq=np.concatenate(fields["weight"]),
         train_prediction_change_sq=np.concatenate(fields["train"]),

@@ -244,3 +244,31 @@ def test_exact_ntk_neural_tangents_missing_says_how_to_install(problem, monkeypa
     monkeypatch.setitem(sys.modules, "neural_tangents", None)  # import neural_tangents raises ImportError
     with pytest.raises(ImportError, match=r"nt extra .*implementation=None"):
         exact_ntk(apply_fn, params, X, implementation=1, progress=False)
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (5, 5, 1)), ("cnn", (20, 20, 1)), ("resnet", (6, 6, 2))])
+def test_factored_dense_kernels_equal_the_jacobian(name, shape):
+    """Zoo models project Dense kernels from (input, output-gradient) factors (subsample; kernels kept
+    whole under any method): the same Φ as coordinates read off the full per-sample Jacobian."""
+    model = get_model(name, 3, width=20) if name == "mlp" else get_model(name, 3)
+    params = init_params(model, shape, seed=2)
+    X = np.random.default_rng(1).normal(size=(7, *shape))
+    leaves = jax.tree_util.tree_leaves(params)
+    jac = jax.vmap(jax.jacrev(lambda w, x: model.apply_fn(w, x[None])[0]), in_axes=(None, 0))(params, X)
+    jac = [j.reshape(7, 3, -1) for j in jax.tree_util.tree_leaves(jac)]
+    for method, coords in (("subsample", 40), ("countsketch", 10**6)):
+        feats = projected_features(model.apply_fn, params, X, coords_per_layer=coords, seed=5, method=method,
+                                   batch_size=3, progress=False)
+        proj = feats.projection
+        assert proj.factored
+        expected = np.concatenate([j if idx is None else np.asarray(j)[..., np.asarray(idx)] * scale
+                                   for j, idx, scale in zip(jac, proj.indices, proj.scales)], axis=-1)
+        np.testing.assert_allclose(feats.phi, expected, rtol=1e-12, atol=1e-14 * np.abs(expected).max())
+        np.testing.assert_allclose(feats.outputs, model.apply_fn(params, X), rtol=1e-12, atol=1e-14)
+        plain = projected_features(lambda w, x: model.apply_fn(w, x), params, X, coords_per_layer=coords, seed=5,
+                                   method=method, progress=False)
+        assert not plain.projection.factored  # a plain function has no factors: full per-sample Jacobians
+        np.testing.assert_allclose(feats.phi, plain.phi, rtol=1e-12, atol=1e-14 * np.abs(expected).max())
+    assert len(leaves) == len(proj.layer_sizes)
+    sketched = projected_features(model.apply_fn, params, X, coords_per_layer=40, method="countsketch", progress=False)
+    assert not sketched.projection.factored  # a sketch of a large kernel needs every coordinate

@@ -29,7 +29,11 @@ def problem():
 def test_streamed_equals_in_memory(problem, setting):
     feats, val, X, X_val, Y = problem
     assert feats.p < 37 * 3  # primal basis: p < N
-    streamed = streamed_leave_one_out(feats.projection, X, Y, X_val, batch_size=8, progress=False, **setting)
+    stages = []
+    streamed = streamed_leave_one_out(feats.projection, X, Y, X_val, batch_size=8, progress=False,
+                                      on_stage=lambda *args: stages.append(args), **setting)
+    assert [name for name, _, _ in stages] == ["gram pass", "eigh", "loo pass"]
+    assert all(streamed.seconds[name] == seconds for name, seconds, _ in stages)
     ref = leave_one_out(features=feats.phi, residuals=Y - feats.outputs, cross_features=val.phi, mode="primal",
                         progress=False, **setting)
     assert streamed.solver == ref.solver and streamed.rank == ref.rank

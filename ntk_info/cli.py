@@ -798,9 +798,11 @@ def _common(parser, *, data="digits", n_train=None, noise=0.0, width=256, steps=
                         "coordinate), subsample (the SI paper's; for the built-in models' Dense layers it reads "
                         "the sampled coordinates off per-sample factors instead of full Jacobians: the fast "
                         "choice for large n), gaussian/rademacher (dense, slower)")
-    g.add_argument("--kernel", default="auto", choices=("auto", "full", "trace"),
+    g.add_argument("--kernel", default="auto", choices=("auto", "full", "trace", "streamed"),
                    help="full: the (n·k)x(n·k) NTK; trace: the output-averaged n x n kernel shared by the k "
-                        "outputs (faster, an approximation); auto: trace when n·k > 4000 (default: auto; "
+                        "outputs (faster, an approximation); streamed: the full NTK with features streamed in "
+                        "batches, never stored (large n; with --projection subsample for the built-in models); "
+                        "auto: streamed when n > 10000, else trace when n·k > 4000 (default: auto; "
                         "settings.json records which was used)")
     g.add_argument("--linearize", default="init", choices=("init", "trained", "trained-head"),
                    help="where the network is linearized: init (replay --steps GD steps from the initialization, "

@@ -23,8 +23,9 @@ from .loo import DTYPES, LOSSES, leave_one_out
 __all__ = ["score", "score_features", "ScoreResult", "KERNELS", "TRACE_ROWS_THRESHOLD", "kernel_for",
            "trace_features", "loo_residuals"]
 
-KERNELS = ("auto", "full", "trace")
+KERNELS = ("auto", "full", "trace", "streamed")
 TRACE_ROWS_THRESHOLD = 4000  # kernel="auto" uses the output-averaged kernel when n·k exceeds this
+STREAM_SAMPLES_THRESHOLD = 10_000  # ... and streams the full kernel's features when n exceeds this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +164,11 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "full"   Φ (n, k, p) as is: the full (n·k) × (n·k) NTK, rank-k removal per sample.
         "trace"  output-averaged kernel K_ij = (1/k) Σ_a ⟨Φ_ia, Φ_ja⟩ (neural-tangents
                  trace_axes=(-1,)), shared by k independent outputs: features (n, k·p)/√k.
-        "auto"   "trace" when n·k > 4000 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
+        "streamed" the full kernel in the primal basis with features streamed in batches, never stored
+                 (``ntk_info.streaming``; memory O(p² + batch·k·p), for large n; sum loss, float64,
+                 linearize "init" or "trained").
+        "auto"   "streamed" when n > 10,000 (STREAM_SAMPLES_THRESHOLD), else "trace" when n·k > 4000
+                 (TRACE_ROWS_THRESHOLD) and k > 1, else "full".
 
     ``linearize``: "init" (default) linearizes at ``params``; "trained" first trains the network from
     ``params`` with Adam and early stopping on (X_val, ``Y_val``) (``ntk_info.linearize.train_adam``,
@@ -226,6 +231,16 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
                          f"a finite integer steps and segments=S ≥ 1, got discrete={discrete}, steps={steps}, "
                          f"segments={segments!r}")
 
+    if kernel_for(n, k, kernel) == "streamed":
+        if linearize == "segments" or loss != "sum" or dtype != "float64":
+            raise ValueError(f"kernel='streamed' supports the sum loss in float64 with linearize 'init' or 'trained', "
+                             f"got loss={loss!r}, dtype={dtype!r}, linearize={linearize!r}; pass kernel='full' or "
+                             "'trace' (n·k·p features in memory) for these")
+        return _score_streamed(apply_fn, params, X, Y, X_val, Y_val, lr=lr, steps=steps, weight_decay=weight_decay,
+                               discrete=discrete, coords_per_layer=coords_per_layer, seed=seed, method=method,
+                               batch_size=batch_size, kernel=kernel, sigma=sigma, sgd_batch_size=sgd_batch_size,
+                               progress=progress, settings={**linearize_settings, "targets": targets or "float"},
+                               trust_samples=trust_samples, trust_skipped=trust_skipped, t_start=t_start)
     feats = projected_features(apply_fn, params, X, coords_per_layer=coords_per_layer, seed=seed,
                                batch_size=batch_size, method=method, progress=progress)
     t_features = time.perf_counter()
@@ -251,15 +266,44 @@ def score(apply_fn: Callable, params, X, Y, X_val=None, *, lr, steps, weight_dec
         "seconds_val_features": t_val - t_features, "seconds_total": time.perf_counter() - t_start,
         "linearize": linearize, **segment_settings,
     }
+    return _with_trust(dataclasses.replace(result, settings=settings, projection=feats.projection), apply_fn, params,
+                       X, Y, X_val, Y_val, lr=lr, steps=steps, weight_decay=weight_decay, seed=seed, progress=progress,
+                       trust_samples=trust_samples, trust_skipped=trust_skipped)
+
+
+def _score_streamed(apply_fn, params, X, Y, X_val, Y_val, *, lr, steps, weight_decay, discrete, coords_per_layer,
+                    seed, method, batch_size, kernel, sigma, sgd_batch_size, progress, settings, trust_samples,
+                    trust_skipped, t_start):
+    """``score`` with kernel "streamed": ``ntk_info.streaming.streamed_leave_one_out`` (features in batches)."""
+    from .streaming import streamed_leave_one_out
+
+    projection = projected_features(apply_fn, params, X[:1], coords_per_layer=coords_per_layer, seed=seed,
+                                    method=method, progress=False).projection
+    loo = streamed_leave_one_out(projection, X, Y, X_val, lr=lr, steps=steps, weight_decay=weight_decay,
+                                 discrete=discrete, batch_size=batch_size or 512, progress=progress)
+    result = score_features(None, loo.outputs, Y, lr=lr, steps=steps, weight_decay=weight_decay, discrete=discrete,
+                            kernel=kernel, sigma=sigma, sgd_batch_size=sgd_batch_size, loo=loo,
+                            kernel_diagonal=loo.kernel_diagonal)
+    settings = {**projection.settings(), "feature_batch_size": batch_size or 512, **result.settings, **settings,
+                "seconds_streamed": loo.seconds, "seconds_total": time.perf_counter() - t_start}
+    return _with_trust(dataclasses.replace(result, settings=settings, projection=projection), apply_fn, params, X, Y,
+                       X_val, Y_val, lr=lr, steps=steps, weight_decay=weight_decay, seed=seed, progress=progress,
+                       trust_samples=trust_samples, trust_skipped=trust_skipped)
+
+
+def _with_trust(result, apply_fn, params, X, Y, X_val, Y_val, *, lr, steps, weight_decay, seed, progress,
+                trust_samples, trust_skipped):
+    """``result`` with ``ntk_info.trust`` on ``trust_samples`` retrainings, or the reason it was skipped."""
+    settings = result.settings
     if trust_skipped:
         settings["trust_skipped"] = trust_skipped
-    result = dataclasses.replace(result, settings=settings, projection=feats.projection)
     if not trust_samples:
         return result
     from .evidence import trust
 
     evidence = trust(apply_fn, params, X, Y, X_val, Y_val, result=result, lr=lr, steps=steps,
-                     weight_decay=weight_decay, samples=min(int(trust_samples), n), seed=seed, progress=progress)
+                     weight_decay=weight_decay, samples=min(int(trust_samples), X.shape[0]), seed=seed,
+                     progress=progress)
     settings["seconds_trust"] = evidence["seconds"]["total"]
     return dataclasses.replace(result, trust=evidence)
 
@@ -283,12 +327,15 @@ def kernel_for(n: int, k: int, kernel: str = "auto") -> str:
     1000 GD steps, 40 samples retrained without): trace vs full F-SI Pearson 0.942 (SI 0.951); against
     retraining the network, F-SI Pearson 0.933 (trace) vs 0.922 (full), SI 0.880 vs 0.884, at a quarter
     of the full kernel's time. The trace kernel rescales F-SI (median trace/full 0.72), so compare
-    scores only under one kernel; ``settings["kernel"]`` records which was used.
+    scores only under one kernel; ``settings["kernel"]`` records which was used. Beyond 10,000 samples
+    "auto" streams the full kernel (an n × n kernel would take 0.8 GB and an O(n³) eigendecomposition).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     if kernel != "auto":
         return kernel
+    if n > STREAM_SAMPLES_THRESHOLD:
+        return "streamed"
     return "trace" if k > 1 and n * k > TRACE_ROWS_THRESHOLD else "full"
 
 
@@ -306,17 +353,22 @@ def loo_residuals(loo, n: int, k: int) -> np.ndarray:
 
 def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0, discrete=False, mode="auto",
                    kernel="auto", sigma=1.0, sgd_batch_size=None, progress=True, loss="sum",
-                   dtype="float64", loo=None) -> ScoreResult:
+                   dtype="float64", loo=None, kernel_diagonal=None) -> ScoreResult:
     """``score`` from features: Φ (n, k, p), f0(X) = ``outputs`` (n, k), float targets ``Y`` (n, k), Φ_val (m, k, p).
 
     The exact LOO and scores of ``score`` (same equations and settings) for features computed once,
     e.g. rescoring kept subsets ``phi[kept]`` in iterative removal. ``kernel``, ``loss``, ``dtype``: see
     ``score``. ``loo``: a LOO result already computed for these samples (``ntk_info.segments``) instead
-    of ``leave_one_out`` on Φ; its ``prediction_change_sq`` then gives fsi.
+    of ``leave_one_out`` on Φ; its ``prediction_change_sq`` then gives fsi. ``phi=None`` with ``loo``
+    and ``kernel_diagonal`` (n,) = ||Φ_i||²: features that were streamed, never stored.
     """
     t_start = time.perf_counter()
-    phi = np.asarray(phi)
     outputs = np.asarray(outputs)
+    if phi is None:
+        if loo is None or kernel_diagonal is None:
+            raise ValueError("phi: None needs loo= and kernel_diagonal= (a streamed LOO result)")
+        phi = np.zeros((*outputs.shape, 0))  # shapes only: the diagonal comes with the result
+    phi = np.asarray(phi)
     if phi.ndim != 3 or outputs.shape != phi.shape[:2]:
         raise ValueError(f"phi, outputs: expected shapes (n, k, p) and (n, k), got {phi.shape} and {outputs.shape}")
     n, k = outputs.shape
@@ -324,8 +376,11 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
     if Y.shape != (n, k):
         raise ValueError(f"Y: expected float targets of shape ({n}, {k}) like outputs, got {Y.shape}")
     sgd_batch_size = n if sgd_batch_size is None else sgd_batch_size
-    kernel_used = kernel_for(n, k, kernel)
+    kernel_used = "streamed" if kernel_diagonal is not None else kernel_for(n, k, kernel)
     residuals = Y - outputs
+    if kernel_used == "streamed" and loo is None:
+        raise ValueError("kernel: 'streamed' scores come from ntk_info.score (features never stored); pass "
+                         "kernel='full' or 'trace' for features in memory")
     if kernel_used == "trace":
         phi_used, phi_val_used = trace_features(phi), None if phi_val is None else trace_features(phi_val)
     else:
@@ -339,7 +394,7 @@ def score_features(phi, outputs, Y, phi_val=None, *, lr, steps, weight_decay=0.0
     self_change = np.asarray(loo.self_prediction_change).reshape(n, k)
     fitted = np.asarray(loo.fitted_residuals).reshape(n, k)
     residuals_loo = loo_residuals(loo, n, k)
-    diag = np.einsum("iap,iap->i", phi, phi)
+    diag = np.einsum("iap,iap->i", phi, phi) if kernel_diagonal is None else np.asarray(kernel_diagonal)
     settings = {
         "lr": lr, "steps": steps, "weight_decay": weight_decay, "discrete": bool(discrete), "loss": loss,
         "dtype": loo.dtype, "sigma": sigma, "sgd_batch_size": sgd_batch_size,

@@ -39,7 +39,8 @@ class StreamedLOO:
 
     weight_change_sq (n,): ||w - w_{-i}||²; train_prediction_change_sq (n,); self_prediction_change
     (n, k): f(x_i) - f_{-i}(x_i); prediction_change_sq (n,) or None: over the n_val validation inputs;
-    fitted_residuals (n, k): Y - f_t(X); outputs (n, k) = f0(X). rank: kept eigenvalues of ΦᵀΦ (of p);
+    fitted_residuals (n, k): Y - f_t(X); outputs (n, k) = f0(X); kernel_diagonal (n,): tr K_ii = ||Φ_i||².
+    rank: kept eigenvalues of ΦᵀΦ (of p);
     solver: "rational", "downdate" or "schur"; seconds / cpu_seconds: wall and process CPU time per
     stage ("gram pass", "eigh", "loo pass"). Only a process's own samples in a multi-process run
     (``ntk_info.distributed`` gathers them).
@@ -51,6 +52,7 @@ class StreamedLOO:
     prediction_change_sq: np.ndarray | None
     fitted_residuals: np.ndarray
     outputs: np.ndarray
+    kernel_diagonal: np.ndarray
     n_val: int
     rank: int
     p: int
@@ -60,6 +62,9 @@ class StreamedLOO:
     weight_decay: float
     seconds: dict
     cpu_seconds: dict
+    mode = basis = "primal"  # as LOOResult: the sum loss in float64, primal basis
+    loss = "sum"
+    dtype = "float64"
 
 
 def _batches(n, batch_size, desc, progress):
@@ -104,7 +109,7 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
     # Pass 1: G = ΦᵀΦ, h = Φᵀr (float64), f0.
     start_time, start_cpu = time.perf_counter(), time.process_time()
     gram, h = np.zeros((p, p)), np.zeros((p, 1))
-    outputs = np.empty((n, k))
+    outputs, diagonal = np.empty((n, k)), np.empty(n)
     for start in _batches(n, batch_size, "features → ΦᵀΦ", progress):
         feats = projection.features(X[start:start + batch_size], batch_size=batch_size, progress=False)
         if feats.phi.shape[1] != k:
@@ -112,6 +117,7 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
         stop = start + feats.phi.shape[0]
         outputs[start:stop] = feats.outputs
         rows = _flat(feats.phi)
+        diagonal[start:stop] = np.einsum("ij,ij->i", rows, rows).reshape(-1, k).sum(axis=1)
         gram += rows.T @ rows
         h += rows.T @ (Y[start:stop] - feats.outputs).reshape(-1, 1)
     if sum_across is not None:
@@ -176,6 +182,6 @@ def streamed_leave_one_out(projection, X, Y, X_val=None, *, lr, steps, weight_de
         train_prediction_change_sq=np.concatenate(fields["train"]),
         self_prediction_change=np.concatenate(fields["self"]).reshape(n, k),
         prediction_change_sq=np.concatenate(fields["val"]) if fields["val"] else None,
-        fitted_residuals=fitted, outputs=outputs, n_val=n_val or 0, rank=r_dim, p=p,
+        fitted_residuals=fitted, outputs=outputs, kernel_diagonal=diagonal, n_val=n_val or 0, rank=r_dim, p=p,
         solver="schur" if plan.path.startswith("schur") else plan.path,
         lr=float(lr), steps=float(steps), weight_decay=float(weight_decay), seconds=seconds, cpu_seconds=cpu_seconds)

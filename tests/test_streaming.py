@@ -54,3 +54,26 @@ def test_streamed_rejects_grids(problem):
         streamed_leave_one_out(feats.projection, X, Y, lr=0.1, steps=np.array([1.0, 2.0]), progress=False)
     with pytest.raises(ValueError, match="Y: expected float targets of shape"):
         streamed_leave_one_out(feats.projection, X, Y[:5], lr=0.1, steps=3.0, progress=False)
+
+
+def test_score_streamed_equals_full_kernel(problem):
+    """score(kernel="streamed") gives score(kernel="full")'s numbers without storing features; "auto"
+    streams beyond STREAM_SAMPLES_THRESHOLD samples; settings it cannot honour are refused."""
+    from ntk_info import score
+    from ntk_info.scorer import STREAM_SAMPLES_THRESHOLD, kernel_for
+
+    feats, val, X, X_val, Y = problem
+    model = mlp(num_outputs=3, width=16)
+    params = init_params(model, (6,), seed=1)
+    common = dict(lr=0.05, steps=40.0, discrete=True, coords_per_layer=20, seed=2, progress=False,
+                  trust_samples=0)
+    streamed = score(model.apply_fn, params, X, Y, X_val, kernel="streamed", batch_size=8, **common)
+    full = score(model.apply_fn, params, X, Y, X_val, kernel="full", mode="primal", **common)
+    assert streamed.settings["kernel"] == "streamed" and full.settings["kernel"] == "full"
+    for name in ("si", "si_langevin", "fsi", "loo_residuals", "fitted_residuals", "loo_loss", "outputs"):
+        ours, theirs = getattr(streamed, name), getattr(full, name)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12 * np.abs(theirs).max())
+    assert streamed.kernel_diagonal_stats == pytest.approx(full.kernel_diagonal_stats, rel=1e-12)
+    assert kernel_for(STREAM_SAMPLES_THRESHOLD + 1, 1) == "streamed" and kernel_for(STREAM_SAMPLES_THRESHOLD, 1) == "full"
+    with pytest.raises(ValueError, match="kernel='streamed' supports the sum loss"):
+        score(model.apply_fn, params, X, Y, X_val, kernel="streamed", loss="mean", **common)

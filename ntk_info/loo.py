@@ -458,7 +458,7 @@ def _rational_device(ids, s, T, R, c, Bv, consts, poles, residues, kb, grid_shap
     position[upper_a, upper_c] = position[upper_c, upper_a] = np.arange(upper_a.size)
     outer = (Z3[:, :, upper_a] * Z3[:, :, upper_c]).reshape(r_dim, b * upper_a.size)
     ZFZ = (F2 @ outer).reshape(2, G, P, b, upper_a.size)[..., position]
-    N = jnp.eye(kb) - (ZFZ[0] + 1j * ZFZ[1])
+    N = jnp.eye(kb, dtype=F2.dtype) - (ZFZ[0] + 1j * ZFZ[1])
     ZFc = ((F2[:, :, None] * c[None]).transpose(0, 2, 1).reshape(2 * G * P * q, r_dim) @ Zt).reshape(2, G, P, q, b, kb)
     ZFc = ZFc[0] + 1j * ZFc[1]
     rhs = Ri[None, None].astype(N.dtype) - jnp.moveaxis(ZFc, 2, -1)  # (G, P, b, kb, q)
@@ -532,7 +532,7 @@ def sample_changes(plan: SamplePlan, s, T, R, c, Bv, *, V=None, s_all=None, retu
     columns of T (r, N) (module docstring: Z_i = T[:, B_i]), residuals R (N, q), c = Uᵀ Φᵀ r of the
     full data (r, q), B_v (M, r) or None; ``V``/``s_all`` the full dual eigenbasis for "schur_dual".
     T and R may hold any subset of the samples (a batch of a streamed pass): the factorization (s, c)
-    is the full data's. Chunks of ``chunk_size`` samples (default: a ~1.6 GB budget) are split over
+    is the full data's. Chunks of ``chunk_size`` samples (default: a ~0.4 GB budget for "rational", ~1.6 GB otherwise) are split over
     the local devices. Returns {"weight", "train", "self"[, "val", "coords"]}, each (Gt, Gλ, n, ...).
     """
     kb, dtype, path = plan.block_size, plan.dtype, plan.path
@@ -545,9 +545,11 @@ def sample_changes(plan: SamplePlan, s, T, R, c, Bv, *, V=None, s_all=None, retu
             n_poles = int(plan.fractions[1].shape[1])
             grid = len(steps_grid) * len(lams)
             per_sample = 8 * r_dim * (kb * kb + 3 * grid * kb * q) + 32 * grid * n_poles * kb * (kb + q)
+            budget = 4e8  # matrix products over a few hundred samples already run at full speed
         else:
             per_sample = 8 * (3 * kb * r_dim * r_dim + len(steps_grid) * len(lams) * r_dim * (q + kb + 2))
-        chunk_size = max(1, min(n, int(1.6e9 // max(per_sample, 1))))
+            budget = 1.6e9
+        chunk_size = max(1, min(n, int(budget // max(per_sample, 1))))
     devices = jax.local_device_count()
     chunk_size = int(min(max(1, chunk_size), n))
     chunk_size = -(-chunk_size // devices) * devices  # a multiple of the device count (padded)

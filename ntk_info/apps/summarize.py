@@ -153,11 +153,13 @@ class SubsetRescorer:
         d_i = Z_i ∘ (c0 r_iᵀ + Σ_j a_j f_j β_ijᵀ),   f_j = 1/(s - p_j),
         β_ij = (r_i - cᵀ(f_j ∘ Z_i)) / (1 - Z_iᵀ(f_j ∘ Z_i)),
 
-    all samples at once in dense matrix products (O(|S|²·(P + m)·q) for P poles); then
+    all samples at once in dense matrix products, ``chunk_bytes`` of d_i and K_v δ_i at a time
+    (O(|S|³) for the eigh plus O(|S|²·(P + m)·q) for P poles and m validation inputs); then
     "fsi" = ||B_v d_i||²/(2m) (SI paper eq. 16–17), "si" = ½||d_i||² (eq. 5), "loo_residual" =
-    ||y_i - f_{-i}(x_i)|| = ||(r_i - Z_iᵀ(φ(s)∘c)) + Z_iᵀ d_i||. Where the filter has no verified fit
-    (t = ∞ with λ = 0, or η·t·λ_max beyond ~1e5) every call slices the kept kernel and runs
-    ``leave_one_out`` from scratch instead (``fast`` is False).
+    ||y_i - f_{-i}(x_i)|| = ||(r_i - Z_iᵀ(φ(s + λ)∘c)) + Z_iᵀ d_i||. float64 (numpy) whatever
+    ``jax_enable_x64`` says. Where the filter has no verified fit (t = ∞ with λ = 0, or η·t·λ_max beyond
+    ~1e5) every call slices the kept kernel and runs ``leave_one_out`` from scratch instead (``fast`` is
+    False).
     """
 
     def __init__(self, kernel, residuals, cross_kernel=None, *, lr, steps, weight_decay=0.0, discrete=False,
@@ -187,7 +189,8 @@ class SubsetRescorer:
         if np.ndim(steps) != 0 or np.ndim(weight_decay) != 0:
             raise ValueError(f"steps, weight_decay: expected one value each (no grids), got {steps!r}, "
                              f"{weight_decay!r}")
-        spectrum = np.linalg.eigvalsh(kernel)
+        spectrum, vectors = np.linalg.eigh(kernel)
+        self._whole = (spectrum, vectors)  # the first call usually keeps every sample: used once, then dropped
         s_max = float(spectrum[-1])
         if s_max <= 0 or spectrum[0] < -1e-5 * s_max:
             raise ValueError(f"kernel: expected a positive semi-definite kernel with a positive eigenvalue, got "
@@ -210,6 +213,8 @@ class SubsetRescorer:
                     np.asarray(plan.fractions[2][0], complex))
         self.fast = fractions is not None
         self.fractions = fractions
+        if not self.fast:
+            self._whole = None
 
     def __call__(self, kept) -> np.ndarray:
         """Scores (len(kept),) of the samples ``kept`` (distinct indices), computed on the kept samples only."""
@@ -219,7 +224,11 @@ class SubsetRescorer:
             raise ValueError(f"kept: expected distinct sample indices in [0, {self.n}), got {kept!r}")
         if not self.fast:
             return self._from_scratch(kept)
-        s_all, V = np.linalg.eigh(self.kernel[np.ix_(kept, kept)])
+        if self._whole is not None and np.array_equal(kept, np.arange(self.n)):
+            s_all, V = self._whole
+        else:
+            s_all, V = np.linalg.eigh(self.kernel[np.ix_(kept, kept)])
+        self._whole = None
         if s_all[-1] <= 0:
             raise ValueError(f"kept: the kernel of the {kept.size} kept samples is zero; nothing to score")
         keep = s_all > kept.size * np.finfo(np.float64).eps * s_all[-1]

@@ -492,8 +492,8 @@ class Pipeline:
 
         Features (and f0) do not depend on which samples are kept: computed once with the same
         projection as :meth:`score`. With one shared (trace, or k = 1) kernel the kept subsets are
-        rescored by ``ntk_info.apps.summarize.SubsetRescorer`` (masked fixed shapes, one filter fit:
-        no recompilation per step; equal to scoring the kept subset from scratch); otherwise
+        rescored by ``ntk_info.apps.summarize.SubsetRescorer`` (one eigh per step, the filter fitted once,
+        nothing compiled per step; equal to scoring the kept subset from scratch); otherwise
         ``ntk_info.scorer.score_features`` on ``phi[kept]`` — the code path of ``score``.
         """
         import ntk_info

@@ -25,6 +25,16 @@ __all__ = ["STRATEGIES", "keep_masks", "iterative_keep_masks", "retrain_accuracy
 STRATEGIES = ("bottom", "bottom-iterative", "top", "random")
 
 
+def _float64_jax():
+    """JAX's x64 context, so the filter and its fit are float64 whatever ``jax_enable_x64`` says (jax ≥ 0.6:
+    ``jax.enable_x64``; 0.4.35, the neural-tangents extra's JAX: ``jax.experimental.enable_x64``)."""
+    try:
+        from jax import enable_x64
+    except ImportError:
+        from jax.experimental import enable_x64
+    return enable_x64(True)
+
+
 def _check_fractions(fractions):
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.ndim != 1 or fractions.size == 0 or (fractions < 0).any() or (fractions >= 1).any():
@@ -124,30 +134,36 @@ def retrain_accuracy(apply_fn: Callable, params0, X, Y, masks, X_test, y_test, *
 
 
 class SubsetRescorer:
-    """Scores of any kept subset of the training samples, recomputed without retracing or refitting.
+    """Scores of any kept subset of the training samples: one eigendecomposition per call, nothing compiled.
 
     ``rescorer(kept)`` returns the scores that ``leave_one_out(kernel[kept][:, kept],
-    residuals=residuals[kept], cross_kernel=cross_kernel[:, kept], ...)`` gives (float64: equal to
-    round-off), for the iterative removal of ``iterative_keep_masks``. Shapes come from a fixed
-    ladder of sizes n, 0.7n, 0.49n, ... (multiples of 8): the kept samples are padded with removed
-    ones up to the next size and those are masked out, K_m = D K D, r_m = D r, K_v,m = K_v D with
-    D = diag(kept), so a whole removal sequence compiles at most once per ladder size while each
-    eigh shrinks with the kept set. Masked samples have zero kernel rows, hence only zero
-    eigenvalues, which the rank cut-off drops exactly as the sliced problem would. The filter's
-    partial fractions (``ntk_info.rational``) are fitted once on [0, λ_max(K)], which covers every
-    kept subset (a principal submatrix's eigenvalues interlace, λ_max(K_m) ≤ λ_max(K)). Each step
-    is then one eigh of the padded size and the batched Woodbury LOO. Where the
-    filter has no verified fit (t = ∞, or η·t·λ_max beyond ~1e5) every call slices the kept kernel
-    and runs ``leave_one_out`` from scratch instead (``fast`` is False).
+    residuals=residuals[kept], cross_kernel=cross_kernel[:, kept], ...)`` gives (float64, equal to
+    round-off), for the iterative removal of ``iterative_keep_masks``. Shared kernel (n, n) (the trace
+    kernel, or one output), residuals (n,) or (n, q) (q outputs sharing it), cross_kernel (m, n).
 
-    ``by``: "fsi" (||K_v δ_i||²/(2m), SI paper eq. 16–17), "si" (½||Δw||², eq. 5) or
-    "loo_residual" (||y_i - f_{-i}(x_i)||). Kernel (n, n) (e.g. the trace kernel), residuals (n, q),
-    cross_kernel (m, n) (needed for "fsi").
+    What does not depend on the kept set is done once: the filter's verified partial fractions
+    φ(μ + λ) = c0 + Σ_j a_j/(μ - p_j) (``ntk_info.loo.per_sample_plan``; t = ∞ with λ > 0 is the exact
+    single pole p = -λ), fitted on [0, λmax(K)], which holds every kept spectrum (a principal
+    submatrix's eigenvalues interlace). Per call, for the kept set S: K_S = V diag(s) Vᵀ (numpy/LAPACK
+    eigh; eigenvalues ≤ |S|·eps·s_max dropped, ``leave_one_out``'s cut-off), Z = S^½ Vᵀ (r, |S|) with
+    columns Z_i, c = Z r_S, B_v = K_v,S V S^-½; the Woodbury form of the rank-one downdate
+    diag(s) - Z_i Z_iᵀ (``ntk_info.loo``, ``_rational_device`` with k = 1) gives every sample's
+    U-coordinates of w - w_{-i} as
+
+        d_i = Z_i ∘ (c0 r_iᵀ + Σ_j a_j f_j β_ijᵀ),   f_j = 1/(s - p_j),
+        β_ij = (r_i - cᵀ(f_j ∘ Z_i)) / (1 - Z_iᵀ(f_j ∘ Z_i)),
+
+    all samples at once in dense matrix products, ``chunk_bytes`` of d_i and K_v δ_i at a time
+    (O(|S|³) for the eigh plus O(|S|²·(P + m)·q) for P poles and m validation inputs); then
+    "fsi" = ||B_v d_i||²/(2m) (SI paper eq. 16–17), "si" = ½||d_i||² (eq. 5), "loo_residual" =
+    ||y_i - f_{-i}(x_i)|| = ||(r_i - Z_iᵀ(φ(s + λ)∘c)) + Z_iᵀ d_i||. float64 (numpy) whatever
+    ``jax_enable_x64`` says. Where the filter has no verified fit (t = ∞ with λ = 0, or η·t·λ_max beyond
+    ~1e5) every call slices the kept kernel and runs ``leave_one_out`` from scratch instead (``fast`` is
+    False).
     """
 
     def __init__(self, kernel, residuals, cross_kernel=None, *, lr, steps, weight_decay=0.0, discrete=False,
-                 by="fsi"):
-        import jax
+                 by="fsi", chunk_bytes=6.4e7):
         import jax.numpy as jnp
 
         from ntk_info.loo import per_sample_plan
@@ -158,6 +174,10 @@ class SubsetRescorer:
         n = kernel.shape[0]
         if kernel.shape != (n, n):
             raise ValueError(f"kernel: expected a square (n, n) kernel, got shape {kernel.shape}")
+        asym = np.max(np.abs(kernel - kernel.T))
+        if asym > np.sqrt(np.finfo(np.float64).eps) * np.max(np.abs(kernel)):
+            raise ValueError(f"kernel: expected a symmetric kernel, got max|K - Kᵀ| = {asym:.3g}; symmetrize it "
+                             "with (K + Kᵀ)/2.")
         residuals = np.asarray(residuals, np.float64)
         residuals = residuals[:, None] if residuals.ndim == 1 else residuals
         if residuals.shape[0] != n or residuals.ndim != 2:
@@ -166,77 +186,109 @@ class SubsetRescorer:
             raise ValueError("cross_kernel: by='fsi' needs the validation cross kernel K(X_v, X) (m, n), got None")
         if cross_kernel is not None and np.shape(cross_kernel)[1:] != (n,):
             raise ValueError(f"cross_kernel: expected shape (m, {n}), got {np.shape(cross_kernel)}")
+        if np.ndim(steps) != 0 or np.ndim(weight_decay) != 0:
+            raise ValueError(f"steps, weight_decay: expected one value each (no grids), got {steps!r}, "
+                             f"{weight_decay!r}")
+        spectrum, vectors = np.linalg.eigh(kernel)
+        self._whole = (spectrum, vectors)  # the first call usually keeps every sample: used once, then dropped
+        s_max = float(spectrum[-1])
+        if s_max <= 0 or spectrum[0] < -1e-5 * s_max:
+            raise ValueError(f"kernel: expected a positive semi-definite kernel with a positive eigenvalue, got "
+                             f"eigenvalues in [{spectrum[0]:g}, {s_max:g}]; build it as J Jᵀ.")
         self.n, self.by = n, by
-        self.dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-        s_max = float(np.linalg.eigvalsh(kernel)[-1])
-        self.plan = per_sample_plan(s_max, basis="dual", lr=lr, steps=steps, weight_decay=weight_decay,
-                                    discrete=discrete, solver="auto", tol=0.0, block_size=1, dtype=self.dtype)
-        self.fast = self.plan.path == "rational"
         self._settings = dict(lr=lr, steps=steps, weight_decay=weight_decay, discrete=discrete)
-        self._inputs = (kernel, residuals, None if cross_kernel is None else np.asarray(cross_kernel, np.float64))
-        self.kernel = jnp.asarray(kernel, self.dtype)
-        self.residuals = jnp.asarray(residuals, self.dtype)
-        self.cross = None if cross_kernel is None or by != "fsi" else jnp.asarray(cross_kernel, self.dtype)
+        self.kernel, self.residuals = kernel, residuals
+        self.cross = None if cross_kernel is None else np.asarray(cross_kernel, np.float64)
         self.m = 0 if cross_kernel is None else int(np.shape(cross_kernel)[0])
-        self._factor = jax.jit(self._masked_factor)
-        self.sizes = [n]
-        while self.sizes[-1] > 16:
-            self.sizes.append(max(8, -(-int(0.7 * self.sizes[-1]) // 8) * 8))
+        self.chunk_bytes = float(chunk_bytes)
+        if np.isinf(steps):  # φ(μ + λ) = 1/(μ - p) with p = -λ; none for λ = 0 (a pseudo-inverse)
+            fractions = (0.0, np.array([-float(weight_decay)], complex), np.array([1.0 + 0j])) \
+                if weight_decay > 0 else None
+        else:
+            with _float64_jax():
+                plan = per_sample_plan(s_max, basis="dual", lr=lr, steps=steps, weight_decay=weight_decay,
+                                       discrete=discrete, solver="auto", tol=0.0, block_size=1, dtype=jnp.float64)
+                fractions = None if plan.path != "rational" else (
+                    float(plan.fractions[0][0]), np.asarray(plan.fractions[1][0], complex),
+                    np.asarray(plan.fractions[2][0], complex))
+        self.fast = fractions is not None
+        self.fractions = fractions
+        if not self.fast:
+            self._whole = None
 
-    def _masked_factor(self, mask, kernel, residuals, cross):
-        """U-coordinates of the masked problem at full size: dropped eigenpairs zeroed, not cut."""
+    def __call__(self, kept) -> np.ndarray:
+        """Scores (len(kept),) of the samples ``kept`` (distinct indices), computed on the kept samples only."""
+        kept = np.asarray(kept)
+        if kept.ndim != 1 or kept.size == 0 or not np.issubdtype(kept.dtype, np.integer) \
+                or np.unique(kept).size != kept.size or kept.min() < 0 or kept.max() >= self.n:
+            raise ValueError(f"kept: expected distinct sample indices in [0, {self.n}), got {kept!r}")
+        if not self.fast:
+            return self._from_scratch(kept)
+        if self._whole is not None and np.array_equal(kept, np.arange(self.n)):
+            s_all, V = self._whole
+        else:
+            s_all, V = np.linalg.eigh(self.kernel[np.ix_(kept, kept)])
+        self._whole = None
+        if s_all[-1] <= 0:
+            raise ValueError(f"kept: the kernel of the {kept.size} kept samples is zero; nothing to score")
+        keep = s_all > kept.size * np.finfo(np.float64).eps * s_all[-1]
+        s, V = s_all[keep], V[:, keep]
+        root = np.sqrt(s)
+        Z = root[:, None] * V.T  # (r, |S|): the kept samples in U-coordinates
+        R = self.residuals[kept]
+        c = Z @ R
+        Bv = None if self.by != "fsi" else (self.cross[:, kept] @ V) / root
+        chunk = max(1, int(self.chunk_bytes // (8 * R.shape[1] * (Z.shape[0] + self.m))))  # d_i and K_v δ_i
+        scores = [self._scores(s, Z[:, start:start + chunk], R[start:start + chunk], c, Bv)
+                  for start in range(0, kept.size, chunk)]
+        return np.concatenate(scores)
+
+    def _scores(self, s, Z, R, c, Bv):
+        """``by`` scores of the samples whose U-coordinates are the columns of Z (r, b), residuals R (b, q)."""
+        const, poles, residues = self.fractions
+        (r, b), q, P = Z.shape, R.shape[1], poles.size
+        f = 1.0 / (s[:, None] - poles[None, :])  # (r, P): diagonals of the resolvents (diag(s) - p_j)⁻¹
+        leverage = 1.0 - (Z * Z).T @ f  # (b, P): 1 - Z_iᵀ(f_j ∘ Z_i)
+        fc = f[:, :, None] * c[:, None, :]  # (r, P, q)
+        # Zᵀ (f_j ∘ c), real Z times complex fc as one real product
+        Zfc = Z.T @ np.concatenate([fc.real, fc.imag], axis=1).reshape(r, 2 * P * q)
+        Zfc = (Zfc[:, :P * q] + 1j * Zfc[:, P * q:]).reshape(b, P, q)
+        beta = (R[:, None, :] - Zfc) / leverage[:, :, None]  # (b, P, q)
+        fa = f * residues[None, :]  # (r, P)
+        # Re Σ_j a_j f_j β_ij = [Re fa, -Im fa] @ [Re β; Im β], one real product; then d_i in place
+        beta_t = np.moveaxis(beta, 1, 0).reshape(P, b * q)
+        D = np.concatenate([fa.real, -fa.imag], axis=1) @ np.concatenate([beta_t.real, beta_t.imag], axis=0)
+        D3 = D.reshape(r, b, q)
+        D3 += const * R[None]
+        D3 *= Z[:, :, None]  # (r, b, q): d_i in column i
+        if self.by == "fsi":
+            val = Bv @ D  # (m, b·q): K_v δ_i
+            return np.einsum("mk,mk->k", val, val).reshape(b, q).sum(axis=1) / (2.0 * self.m)
+        if self.by == "si":
+            return 0.5 * np.einsum("lk,lk->k", D, D).reshape(b, q).sum(axis=1)
+        phi = self._filter(s)
+        fitted = R - Z.T @ (phi[:, None] * c)
+        return np.linalg.norm(fitted + np.einsum("li,liq->iq", Z, D3), axis=1)
+
+    def _filter(self, s):
+        """φ(s + λ) (``ntk_info.dynamics.filter_values``, float64), on a length-n vector so that JAX compiles it once."""
         import jax.numpy as jnp
 
         from ntk_info.dynamics import filter_values
 
-        plan = self.plan
-        km = kernel * mask[:, None] * mask[None, :]
-        rm = residuals * mask[:, None]
-        s_all, V = jnp.linalg.eigh(km)
-        tol = jnp.sum(mask) * jnp.finfo(km.dtype).eps * s_all[-1]  # leave_one_out's cut-off with N = n_kept
-        keep = s_all > tol
-        s = jnp.where(keep, s_all, 0.0)
-        root = jnp.sqrt(s)
-        T = root[:, None] * V.T  # (n, n): rows of dropped eigenpairs are zero
-        c = T @ rm
-        Bv = None if cross is None else (cross * mask[None, :]) @ V * jnp.where(keep, 1.0 / jnp.where(keep, root, 1.0),
-                                                                                  0.0)
-        phi = filter_values(s + plan.weight_decay[0], lr=plan.lr, steps=plan.steps[0], discrete=plan.discrete)
-        fitted = rm - T.T @ (jnp.where(keep, phi, 0.0)[:, None] * c)
-        return s, T, rm, c, Bv, fitted
-
-    def __call__(self, kept) -> np.ndarray:
-        """Scores (len(kept),) of the samples ``kept`` (indices), computed on the kept samples only."""
-        import jax.numpy as jnp
-
-        from ntk_info.loo import sample_changes
-
-        kept = np.asarray(kept)
-        if not self.fast:
-            return self._from_scratch(kept)
-        size = min(b for b in self.sizes if b >= kept.size)
-        removed = np.setdiff1d(np.arange(self.n), kept)
-        rows = jnp.asarray(np.concatenate([kept, removed[: size - kept.size]]))
-        mask = jnp.asarray(np.arange(size) < kept.size, self.dtype)
-        s, T, R, c, Bv, fitted = self._factor(mask, self.kernel[rows][:, rows], self.residuals[rows],
-                                              None if self.cross is None else self.cross[:, rows])
-        out = sample_changes(self.plan, s, T, R, c, Bv, chunk_size=size, progress=False)
-        first = slice(0, kept.size)
-        if self.by == "fsi":
-            return np.asarray(out["val"][0, 0])[first] / (2.0 * self.m)
-        if self.by == "si":
-            return 0.5 * np.asarray(out["weight"][0, 0])[first]
-        loo_res = np.asarray(fitted)[first] + np.asarray(out["self"][0, 0])[first]
-        return np.linalg.norm(loo_res, axis=1)
+        u = np.zeros(self.n)
+        u[:s.size] = s + self._settings["weight_decay"]
+        with _float64_jax():
+            phi = filter_values(jnp.asarray(u), lr=self._settings["lr"], steps=self._settings["steps"],
+                                discrete=self._settings["discrete"])
+            return np.asarray(phi)[:s.size]
 
     def _from_scratch(self, kept):
         """The kept kernel sliced and ``leave_one_out`` run on it (filters without a verified fit)."""
         from ntk_info.loo import leave_one_out
 
-        kernel, residuals, cross = self._inputs
-        loo = leave_one_out(kernel[np.ix_(kept, kept)], residuals=residuals[kept], progress=False,
-                            cross_kernel=None if cross is None or self.by != "fsi" else cross[:, kept],
-                            **self._settings)
+        loo = leave_one_out(self.kernel[np.ix_(kept, kept)], residuals=self.residuals[kept], progress=False,
+                            cross_kernel=None if self.by != "fsi" else self.cross[:, kept], **self._settings)
         if self.by == "fsi":
             return np.asarray(loo.prediction_change_sq) / (2.0 * self.m)
         if self.by == "si":

@@ -798,7 +798,9 @@ def _demo_cmd(args, stages):
             raise _user_error(err) from None
         result = pipe.score()  # the cleaned set's scores (its stages add to the same names)
         run.pipe.warnings.extend(w for w in pipe.warnings if w not in run.pipe.warnings)
-        extra["summarize_on"] = {"training_set": f"cleaned ({args.clean})", "n_train": int(pipe.X.shape[0]),
+        verb = {"remove": "removed", "relabel": "relabelled"}[args.clean]
+        extra["summarize_on"] = {"training_set": f"the {run.cleaned.n_flagged} flagged samples {verb}",
+                                 "n_train": int(pipe.X.shape[0]),
                                  "lr": pipe.lr, "lambda_max_ntk_init": pipe.lambda_max,
                                  "wrong_labels": None if pipe.data.is_noisy is None else int(pipe.data.is_noisy.sum()),
                                  **({"linearize_weight_decay": pipe.linearize_settings["linearize_weight_decay"]}

@@ -241,11 +241,14 @@ def summarization_figure(rows, title):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     cols = _columns(rows)
+    full = cols["strategy"] == "full data"
     for strategy in dict.fromkeys(cols["strategy"]):
         sel = cols["strategy"] == strategy
-        order = np.argsort(cols["fraction"][sel].astype(float))
+        if strategy != "full data":
+            sel = sel | full  # every line starts at the full data's accuracy (0% removed)
+        order = np.argsort(cols["fraction"][sel].astype(float), kind="stable")
         ax.plot(100 * cols["fraction"][sel].astype(float)[order], 100 * cols["accuracy"][sel].astype(float)[order],
-                marker="o", label=strategy)
+                marker="o", label=strategy, **({"zorder": 3, "ls": "none"} if strategy == "full data" else {}))
     ax.set_xlabel("training samples removed (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -413,16 +416,16 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
     if "detection.csv" in found:
         _detection_section(page, out_dir, cols)
     if "clean" in settings:
-        _clean_section(page, out_dir, found, settings["clean"])
+        _clean_section(page, out_dir, found, settings["clean"], cols, settings)
     if "summarize.csv" in found:
         rows = read_csv(os.path.join(out_dir, "summarize.csv"))
         on = settings.get("summarize_on")
         page.heading("Dataset summarization" + (" of the cleaned data" if on else ""))
         if on:
             wrong = on.get("wrong_labels")
-            page.text(f"Summarization runs on the cleaned training set: {on['n_train']} samples "
-                      f"({on['training_set']}{'' if wrong is None else f', {wrong} wrong labels left'}), scored "
-                      "again on that set alone.")
+            page.text(f"Summarization runs on the cleaned training set ({on['training_set']}): {on['n_train']} "
+                      f"samples{'' if wrong is None else f' with {wrong} wrong labels left'}, scored again on that "
+                      "set alone.")
         page.text("Test accuracy of the network retrained on what is left after removing a fraction of the training "
                   "set: the least informative samples (bottom, once or iteratively in 5% steps with recomputed "
                   "scores), the most informative (top), or random ones (SI paper Fig. 2c).")
@@ -461,7 +464,9 @@ def _summarization_wide(rows):
         table.setdefault(r["strategy"], {"strategy": r["strategy"]})[f"{100 * float(r['fraction']):.0f}% removed"] = \
             100 * float(r["accuracy"])
     columns = sorted({c for t in table.values() for c in t if c != "strategy"}, key=lambda c: float(c.split("%")[0]))
-    return [{"strategy": name, **{c: t.get(c, "") for c in columns}} for name, t in table.items()]
+    full = table.get("full data", {}).get("0% removed", "")
+    return [{"strategy": name, **{c: t.get(c, full if c == "0% removed" else "") for c in columns}}
+            for name, t in table.items()]
 
 
 def _clean_line(clean):
@@ -475,18 +480,36 @@ def _clean_line(clean):
             f"{100 * float(clean['accuracy_after']):.1f}%.")
 
 
-def _clean_section(page, out_dir, found, clean):
+def _clean_section(page, out_dir, found, clean, cols, settings):
     page.heading("Cleaning")
     page.text(_clean_line(clean) + " The network is retrained from the same initialization (Adam, early stopping on "
-              "the validation half) on the data as given and on the cleaned data; accuracy on the test half.")
+              "the validation half) on the data as given and on the cleaned data; accuracy on the test half"
+              + (f" ({settings['n_test']} samples: one sample is {100 / settings['n_test']:.2g} points)."
+                 if settings.get("n_test") else "."))
+    n = clean["n_kept"] + (clean["n_flagged"] if clean["action"] == "remove" else 0)
+    summary = [{"": "training samples", "before cleaning": n, "after cleaning": clean["n_kept"]}]
+    if "wrong_labels_before" in clean:
+        summary.append({"": "wrong labels", "before cleaning": clean["wrong_labels_before"],
+                        "after cleaning": clean["wrong_labels_after"]})
+    summary.append({"": "test accuracy (%)", "before cleaning": 100 * float(clean["accuracy_before"]),
+                    "after cleaning": 100 * float(clean["accuracy_after"])})
+    page.table(summary)
     if "clean.csv" in found:
         rows = [r for r in read_csv(os.path.join(out_dir, "clean.csv")) if r.get("flagged") == 1]
-        if rows:
-            shown = rows[:30]
-            page.table([{k: (int(v) if k in ("index", "row") else _label(v)) for k, v in r.items() if k != "flagged"}
-                        for r in shown])
-            if len(rows) > len(shown):
-                page.text(f"(first {len(shown)} of {len(rows)} flagged samples; all in clean.csv)")
+        true = dict(zip(cols["index"].astype(int), cols["true_label"])) if {"index", "true_label"} <= set(cols) \
+            else {}
+        shown = []
+        for r in rows[:12]:
+            row = {"index": int(r["index"]), "row": int(r["row"]), "label": _label(r["label"])}
+            if true:
+                row["true label"] = _label(true.get(int(r["index"]), ""))
+            row["action"] = r["action"]
+            if clean["action"] == "relabel":
+                row["new label"] = _label(r["new_label"])
+            shown.append(row)
+        if shown:
+            page.text(f"The first {len(shown)} of the {len(rows)} flagged samples (all in clean.csv):")
+            page.table(shown)
 
 
 def _key_findings(out_dir, found, settings=None):

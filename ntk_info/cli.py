@@ -561,7 +561,8 @@ def _clean(run, loo):
         f" ({100 * summary['flag_precision']:.0f}% of them planted flips; wrong labels in the training set "
         f"{summary['wrong_labels_before']} -> {summary['wrong_labels_after']})")
     print(f"clean ({cleaned.action} where {rule}): {summary['n_flagged']} of {len(d.labels)} flagged{planted}; "
-          f"{summary['n_kept']} kept; test accuracy {summary['accuracy_before']:.4f} -> {summary['accuracy_after']:.4f} "
+          f"{summary['n_kept']} kept; test accuracy {summary['accuracy_before']:.4f} -> "
+          f"{summary['accuracy_after']:.4f} "
           "(network retrained with Adam)")
     return summary, cleaned
 
@@ -647,7 +648,8 @@ def _summarize(run, result, pipe=None):
     run.pipe.warnings.extend(warnings)
     print(f"summarize ({n} training samples{' after cleaning' if pipe is not run.pipe else ''}, removing by "
           f"{args.by}; test accuracy of the {retrain_name} retrained on what is kept):")
-    print(_format_table(_summary_wide(rows, fractions), ("strategy", *[f"{100 * q:.0f}%" for q in [0.0, *fractions]])))
+    columns = ("strategy", *[f"{100 * q:.0f}%" for q in [0.0, *fractions]])
+    print(_format_table(_summary_wide(rows, fractions), columns))
     return {"summarize_by": args.by, "retrain_model": retrain_name, "retrain_width": args.retrain_width,
             "retrain_steps": steps, "retrain_lr": lr, "accuracy_on": "test half of the held-out split"}
 

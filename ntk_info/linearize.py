@@ -260,7 +260,8 @@ def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, we
     with decay λ toward w_p). ``weight_decay="loo"`` picks λ from ``ridge_grid`` (default: mean
     kernel diagonal × 10^[-3..2], 6 values) by the exact LOO loss of the t = ∞ fit
     (:func:`ridge_by_loo`, one factorization for the whole grid) and records the grid, the LOO
-    losses and whether the minimum is at an end of the grid (:func:`grid_edge`) in the settings. Returns a ``ScoreResult`` (``ntk_info.scorer``).
+    losses and whether the minimum is at an end of the grid (:func:`grid_edge`) in the settings.
+    Returns a ``ScoreResult`` (``ntk_info.scorer``).
     """
     import time as _time
 

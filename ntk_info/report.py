@@ -474,7 +474,8 @@ def _clean_line(clean):
     planted = "" if "flag_precision" not in clean else (
         f" ({100 * float(clean['flag_precision']):.0f}% of them wrong labels; wrong labels in the training set "
         f"{clean['wrong_labels_before']} → {clean['wrong_labels_after']})")
-    verb = {"remove": "removed", "relabel": "relabelled to the LOO-predicted class"}.get(clean["action"], clean["action"])
+    verbs = {"remove": "removed", "relabel": "relabelled to the LOO-predicted class"}
+    verb = verbs.get(clean["action"], clean["action"])
     return (f"Cleaning: {clean['n_flagged']} samples flagged ({clean['rule']}) and {verb}{planted}; test accuracy of "
             f"the retrained network {100 * float(clean['accuracy_before']):.1f}% → "
             f"{100 * float(clean['accuracy_after']):.1f}%.")
@@ -541,7 +542,8 @@ def _key_findings(out_dir, found, settings=None):
                         if r["strategy"] == strategy and float(r["accuracy"]) >= full[0] - 0.01]
                 if kept:
                     on = (settings or {}).get("summarize_on")
-                    lines.append(f"Summarization{' of the cleaned data' if on else ''}, removing {strategy} samples: up to {100 * max(kept):.0f}% of the "
+                    lines.append(f"Summarization{' of the cleaned data' if on else ''}, removing {strategy} samples: "
+                                 f"up to {100 * max(kept):.0f}% of the "
                                  f"training set goes with test accuracy within 1 point of the full data "
                                  f"({100 * full[0]:.1f}%).")
     return lines

@@ -22,6 +22,8 @@ Methods (higher = more suspicious; "seconds" is the time of everything the score
   train_loss, aum  at w* / over its training epochs (area under the margin, Pleiss et al. 2020)
   cleanlab         1 − self-confidence of 5-fold out-of-sample probabilities of sklearn MLP-256 (the CLI's)
   cleanlab_on_head_loo   cleanlab.rank.get_label_quality_scores on the head_* LOO probabilities
+  pool_loo_prob    −mean over the points (init, trained, head; trained and head when memorized) of the LOO
+                   log-probability of the given label (apps.detect.pooled_loo_log_prob); seconds: all points
 Wall times are on whatever CPU this runs on; with other jobs on the machine compare ratios only.
 """
 from __future__ import annotations
@@ -132,6 +134,7 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
     params0 = init_params(model, X.shape[1:], seed=seed)
     scores, seconds, info = {}, {}, {}
 
+    pooled, pooled_seconds = [], 0.0  # ScoreResults of every point, for pooled_loo_prob
     if not memorize:
         t = time.perf_counter()
         lr = 1.0 / ntk_lambda_max(model.apply_fn, params0, X, seed=seed)
@@ -140,6 +143,8 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
         dt = time.perf_counter() - t
         scores.update(s)
         seconds.update({k: dt for k in s})
+        pooled.append(res)
+        pooled_seconds += dt
 
     t = time.perf_counter()
     options = dict(patience=None, max_epochs=800, lr=1e-2) if memorize else {}
@@ -161,6 +166,8 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
         res = score_at(model.apply_fn, params, X, Y, X_val, seed=seed)
         s, loo = ntk_scores(prefix, res, labels)
         dt = time.perf_counter() - t + t_train
+        pooled.append(res)
+        pooled_seconds += dt - (t_train if prefix == "head" else 0.0)  # the network is trained once
         scores.update(s)
         seconds.update({k: dt for k in s})
         info[f"{prefix}_lambda/mean_diag"] = res.settings["weight_decay"] / res.settings["kernel_mean_diagonal"]
@@ -173,6 +180,10 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
             t2 = time.perf_counter()
             scores["cleanlab_on_head_loo"] = 1.0 - get_label_quality_scores(labels, loo["loo_probabilities"])
             seconds["cleanlab_on_head_loo"] = dt + time.perf_counter() - t2
+
+    t = time.perf_counter()
+    scores["pool_loo_prob"] = -detect.pooled_loo_log_prob(pooled, labels)
+    seconds["pool_loo_prob"] = pooled_seconds + time.perf_counter() - t
 
     t = time.perf_counter()
     infl, mpe = detect.influence_and_mpe(model.apply_fn, trained.params, X, Y, weight_decay=0.0, damping=lam_trained,
@@ -229,7 +240,7 @@ def summarize(rows):
         for r in agg:
             lines.append(f"{r['method']:24s} {r['auroc']:7.4f} {r['ap']:7.4f} {r['found_top10']:7.3f} "
                          f"{r['seconds']:8.1f}")
-        ours = [r for r in agg if r["method"].split("_")[0] in ("init", "trained", "head")]
+        ours = [r for r in agg if r["method"].split("_")[0] in ("init", "trained", "head", "pool")]
         base = [r for r in agg if r["method"] == "cleanlab"]
         if ours and base:
             best_auc = max(ours, key=lambda r: r["auroc"])

@@ -36,7 +36,8 @@ linearized network: how much the weights / the predictions would change without 
 
 Start here:   ntk-info demo --out results/demo
   (digits, 10 classes, 1000 training samples, 10% of the labels flipped: scores, detection of the
-  flipped labels against cleanlab, dataset summarization, and an HTML report; ~5-10 min on 2 cores)
+  flipped labels against cleanlab, cleaning what is flagged, summarization of the cleaned data, and an
+  HTML report; ~5-10 min on 2 cores)
 
 Your own data: --data digits|breast-cancer|iris|wine, or a file: .npz (arrays X, y, optional X_val,
 y_val, source, group), .csv (--label-column, --source-column, --group-column), or MNIST idx images
@@ -520,18 +521,19 @@ def _detect(run, methods):
     rows = detect.detection_metrics(scores, is_bad)
     for r in rows:
         r["bad"] = bad_name
+    print(f"detect ({bad_name}, {int(is_bad.sum())} of {len(is_bad)} samples):")
+    print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
     extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob")}
     loo = detect.loo_detection_scores(result, run.data.labels)  # the whole LOO prediction, always in scores.csv
     extra.update(loo_margin=loo["loo_margin"], loo_prob_given=loo["loo_prob_given"],
                  suggested_label=run.data.label_text(loo["suggested_label"]))
     extra_settings["loo_temperature"] = loo["loo_temperature"]
     if run.args.clean != "none":
-        extra_settings["clean"] = _clean(run, loo)
+        extra_settings["clean"], run.cleaned = _clean(run, loo)
     if bad_name == "is_adversarial":
         extra["is_adversarial"] = is_bad.astype(int)
     run.write_common(result, extra)
     run.output.write_csv("detection.csv", rows)
-    print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
     return result, extra_settings
 
 
@@ -555,9 +557,14 @@ def _clean(run, loo):
             for i in np.flatnonzero(cleaned.flagged)]
     run.output.write_csv("clean.csv", rows or [{"index": "", "row": "", "label": "", "flagged": 0,
                                                 "action": cleaned.action, "new_label": ""}])
-    print(f"clean ({cleaned.action}, {rule}): {summary['n_flagged']} flagged; test accuracy "
-          f"{summary['accuracy_before']:.4f} -> {summary['accuracy_after']:.4f} (network retrained with Adam)")
-    return summary
+    planted = "" if "flag_precision" not in summary else (
+        f" ({100 * summary['flag_precision']:.0f}% of them planted flips; wrong labels in the training set "
+        f"{summary['wrong_labels_before']} -> {summary['wrong_labels_after']})")
+    print(f"clean ({cleaned.action} where {rule}): {summary['n_flagged']} of {len(d.labels)} flagged{planted}; "
+          f"{summary['n_kept']} kept; test accuracy {summary['accuracy_before']:.4f} -> "
+          f"{summary['accuracy_after']:.4f} "
+          "(network retrained with Adam)")
+    return summary, cleaned
 
 
 def _format_table(rows, keys):
@@ -597,14 +604,16 @@ def _summarize_args(args):
     _check_int(args.retrain_steps, "--retrain-steps", 1)
 
 
-def _summarize(run, result):
-    """Removal masks for every strategy and fraction, retrained all at once; rows for summarize.csv."""
+def _summarize(run, result, pipe=None):
+    """Removal masks for every strategy and fraction, retrained all at once; rows for summarize.csv.
+    ``pipe``: the pipeline whose training set is summarized (default ``run.pipe``; the cleaned one after
+    --clean)."""
     import numpy as np
 
-    from ntk_info.apps.pipeline import base_scores
+    from ntk_info.apps.pipeline import ConfigError, base_scores
     from ntk_info.apps.summarize import iterative_keep_masks, keep_masks, retrain_accuracy
 
-    args, pipe = run.args, run.pipe
+    args, pipe = run.args, pipe or run.pipe
     fractions = args.fraction_list
     n = pipe.X.shape[0]
     scores = base_scores(result, (args.by,))[args.by]
@@ -612,7 +621,10 @@ def _summarize(run, result):
     for strategy in ("bottom", "top", "random"):
         blocks.append((strategy, keep_masks(scores, fractions, strategy, seed=args.seed), fractions))
     if args.iterative:
-        score_fn = pipe.rescorer(args.by)
+        try:
+            score_fn = pipe.rescorer(args.by)
+        except ConfigError as err:
+            raise _option_error(err) from None
         blocks.append(("bottom-iterative", iterative_keep_masks(score_fn, n, fractions, progress=pipe.progress),
                        fractions))
     masks = np.concatenate([b[1] for b in blocks])
@@ -633,9 +645,26 @@ def _summarize(run, result):
                          "accuracy": float(acc[j])})
             j += 1
     run.output.write_csv("summarize.csv", rows)
-    pipe.warnings.extend(warnings)
+    run.pipe.warnings.extend(warnings)
+    print(f"summarize ({n} training samples{' after cleaning' if pipe is not run.pipe else ''}, removing by "
+          f"{args.by}; test accuracy of the {retrain_name} retrained on what is kept):")
+    columns = ("strategy", *[f"{100 * q:.0f}%" for q in [0.0, *fractions]])
+    print(_format_table(_summary_wide(rows, fractions), columns))
     return {"summarize_by": args.by, "retrain_model": retrain_name, "retrain_width": args.retrain_width,
             "retrain_steps": steps, "retrain_lr": lr, "accuracy_on": "test half of the held-out split"}
+
+
+def _summary_wide(rows, fractions):
+    """summarize.csv rows as one row per strategy: the full data's accuracy under "0%", then one column per
+    removed fraction."""
+    full = [r["accuracy"] for r in rows if r["strategy"] == "full data"]
+    table = {}
+    for r in rows:
+        if r["strategy"] != "full data":
+            row = table.setdefault(r["strategy"], {"strategy": r["strategy"], "0%": full[0] if full else ""})
+            row[f"{100 * r['fraction']:.0f}%"] = r["accuracy"]
+    return [{"strategy": s, **{f"{100 * q:.0f}%": row.get(f"{100 * q:.0f}%", "") for q in [0.0, *fractions]}}
+            for s, row in table.items()]
 
 
 def _summarize_cmd(args, stages):
@@ -754,11 +783,31 @@ def _report_cmd(args, stages):
 
 
 def _demo_cmd(args, stages):
+    """Detect the flipped labels, clean them (--clean), then summarize the cleaned training set."""
     _summarize_args(args)
     run = _Run(args, stages)
     run.start()
     result, extra = _detect(run, list(DETECT_METHODS))
-    extra.update(_summarize(run, result))
+    pipe = run.pipe
+    if args.clean != "none":
+        from ntk_info.apps.pipeline import ConfigError, UnstableLearningRate
+
+        try:
+            pipe = run.pipe.cleaned(run.cleaned)
+        except ConfigError as err:
+            raise _option_error(err) from None
+        except UnstableLearningRate as err:
+            raise _user_error(err) from None
+        result = pipe.score()  # the cleaned set's scores (its stages add to the same names)
+        run.pipe.warnings.extend(w for w in pipe.warnings if w not in run.pipe.warnings)
+        verb = {"remove": "removed", "relabel": "relabelled"}[args.clean]
+        extra["summarize_on"] = {"training_set": f"the {run.cleaned.n_flagged} flagged samples {verb}",
+                                 "n_train": int(pipe.X.shape[0]),
+                                 "lr": pipe.lr, "lambda_max_ntk_init": pipe.lambda_max,
+                                 "wrong_labels": None if pipe.data.is_noisy is None else int(pipe.data.is_noisy.sum()),
+                                 **({"linearize_weight_decay": pipe.linearize_settings["linearize_weight_decay"]}
+                                    if pipe.linearize_settings else {})}
+    extra.update(_summarize(run, result, pipe))
     return run.finish(extra)
 
 
@@ -869,14 +918,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", help="the whole story on digits with 10%% label noise (scores, detection, "
-                       "summarization, report)", formatter_class=formatter,
+                       "cleaning, summarization of the cleaned data, report)", formatter_class=formatter,
                        description="Digits (10 classes), 1000 training samples, 10%% flipped labels, MLP: F-SI/SI and "
                                    "exact LOO scores, detection of the flipped labels (vs. influence, MPE, training "
-                                   "loss, cleanlab), summarization with retraining, and report.html.")
+                                   "loss, cleanlab), cleaning of what detection flags (test accuracy before/after), "
+                                   "summarization of the cleaned training set with retraining, and report.html.")
     _common(p, n_train=1000, noise=0.1, width=256, steps=1000, out="results/demo")
     _summarize_options(p)
-    p.set_defaults(func=_demo_cmd, methods=",".join(DETECT_METHODS), adversarial=0.0, eps=0.01, iterative=True,
-                   clean="none")
+    p.add_argument("--clean", default="remove", choices=("none", "remove", "relabel"),
+                   help="between detection and summarization: remove the samples whose LOO margin is negative, or "
+                        "relabel them to the LOO-predicted class, report test accuracy before/after, and summarize "
+                        "the cleaned training set (default: remove)")
+    p.set_defaults(func=_demo_cmd, methods=",".join(DETECT_METHODS), adversarial=0.0, eps=0.01, iterative=True)
 
     p = sub.add_parser("score", help="F-SI, SI and exact LOO residual of every training sample -> scores.csv",
                        formatter_class=formatter)

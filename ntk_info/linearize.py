@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 __all__ = ["TrainedNetwork", "train_adam", "LINEARIZATIONS", "LinearizationPoint", "linearization_point",
-           "pretrain_other_classes", "ridge_by_loo", "score_at"]
+           "pretrain_other_classes", "ridge_by_loo", "grid_edge", "score_at"]
 
 LINEARIZATIONS = ("init", "trained", "trained-head", "pretrained")
 
@@ -238,6 +238,19 @@ def ridge_by_loo(features, residuals, grid) -> tuple[float, np.ndarray]:
     return float(grid[int(np.argmin(total))]), total
 
 
+def grid_edge(losses) -> str | None:
+    """"lower" / "upper" when the smallest LOO loss over an increasing λ grid is at its first / last value
+    (no interior optimum on the grid), else None. "upper" at a trained point means fine-tuning from w_p on
+    its residuals does not lower the LOO loss at all (w_p already fits the training set: λ → ∞ keeps f(X; w_p),
+    and the LOO then only removes the sample from the fine-tuning, not from w_p's own training)."""
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError(f"losses: expected a 1-D LOO loss per λ, got shape {losses.shape}")
+    best = int(np.argmin(losses))
+    return "lower" if best == 0 and losses.size > 1 else "upper" if best == losses.size - 1 and losses.size > 1 \
+        else None
+
+
 def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, weight_decay="loo", lr: float = 1.0,
              ridge_grid=None, discrete: bool = False, kernel: str = "auto", coords_per_layer: int = 2000,
              seed: int = 0, method: str = "countsketch", progress: bool = False):
@@ -246,8 +259,9 @@ def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, we
     Fine-tuning from w_p on the residuals Y - f(X; w_p) for ``steps`` (default t = ∞: the ridge fit
     with decay λ toward w_p). ``weight_decay="loo"`` picks λ from ``ridge_grid`` (default: mean
     kernel diagonal × 10^[-3..2], 6 values) by the exact LOO loss of the t = ∞ fit
-    (:func:`ridge_by_loo`, one factorization for the whole grid) and records the grid and the LOO
-    losses in the settings. Returns a ``ScoreResult`` (``ntk_info.scorer``).
+    (:func:`ridge_by_loo`, one factorization for the whole grid) and records the grid, the LOO
+    losses and whether the minimum is at an end of the grid (:func:`grid_edge`) in the settings.
+    Returns a ``ScoreResult`` (``ntk_info.scorer``).
     """
     import time as _time
 
@@ -272,7 +286,7 @@ def score_at(apply_fn: Callable, params, X, Y, X_val=None, *, steps=math.inf, we
         weight_decay, losses = ridge_by_loo(phi, Y - feats.outputs, grid)
         extra = {"weight_decay_rule": "exact LOO loss of the t = inf ridge fit, minimized over the grid",
                  "weight_decay_grid": grid.tolist(), "weight_decay_grid_loo_loss": losses.tolist(),
-                 "kernel_mean_diagonal": mean_diag}
+                 "weight_decay_at_grid_edge": grid_edge(losses), "kernel_mean_diagonal": mean_diag}
     result = score_features(feats.phi, feats.outputs, Y, phi_val, lr=lr, steps=steps, weight_decay=weight_decay,
                             discrete=discrete, kernel=kernel, progress=progress)
     settings = {**feats.projection.settings(), **result.settings, **extra,

@@ -10,6 +10,9 @@ A results folder holds what the CLI's subcommands write (each file optional):
                        score (fsi, si, loo_residual, ...)
     split.csv          row, array (X or X_val), split (train / validation / test) of every sample used
     detection.csv      method, auroc, ap, found_top10, found_top20 (and the ``bad`` column they used)
+    clean.csv          the samples detection flagged: index, row, label, flagged, action (remove/relabel),
+                       new_label; settings.json's "clean" has the test accuracy before/after cleaning and
+                       "summarize_on" the cleaned training set that summarize.csv is about
     summarize.csv      strategy, fraction, n_kept, accuracy
     sources.csv        per-source/group summaries (by, group, count, mean, median, quantiles)
     compare.csv        the method-comparison table (ntk_info.compare)
@@ -38,7 +41,7 @@ __all__ = ["build_report", "check_results", "trust_box", "write_csv", "read_csv"
 
 MANIFEST = "manifest.json"
 INCOMPLETE_MARKER = "INCOMPLETE-run-in-progress-or-interrupted.txt"
-RESULT_CSVS = ("scores.csv", "split.csv", "detection.csv", "summarize.csv", "sources.csv", "compare.csv")
+RESULT_CSVS = ("scores.csv", "split.csv", "detection.csv", "clean.csv", "summarize.csv", "sources.csv", "compare.csv")
 
 SCORE_LABELS = {
     "fsi": "F-SI (functional sample information)",
@@ -238,11 +241,14 @@ def summarization_figure(rows, title):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     cols = _columns(rows)
+    full = cols["strategy"] == "full data"
     for strategy in dict.fromkeys(cols["strategy"]):
         sel = cols["strategy"] == strategy
-        order = np.argsort(cols["fraction"][sel].astype(float))
+        if strategy != "full data":
+            sel = sel | full  # every line starts at the full data's accuracy (0% removed)
+        order = np.argsort(cols["fraction"][sel].astype(float), kind="stable")
         ax.plot(100 * cols["fraction"][sel].astype(float)[order], 100 * cols["accuracy"][sel].astype(float)[order],
-                marker="o", label=strategy)
+                marker="o", label=strategy, **({"zorder": 3, "ls": "none"} if strategy == "full data" else {}))
     ax.set_xlabel("training samples removed (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -400,7 +406,7 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
     if settings.get("warnings"):
         page.heading("Warnings")
         page.findings([str(w) for w in settings["warnings"]])
-    findings = _key_findings(out_dir, found)
+    findings = _key_findings(out_dir, found, settings)
     if findings:
         page.findings(findings)
     cols = {}
@@ -409,17 +415,26 @@ def build_report(out_dir, title: str = "ntk_info report") -> str:
         _scores_section(page, out_dir, cols, settings)
     if "detection.csv" in found:
         _detection_section(page, out_dir, cols)
+    if "clean" in settings:
+        _clean_section(page, out_dir, found, settings["clean"], cols, settings)
     if "summarize.csv" in found:
         rows = read_csv(os.path.join(out_dir, "summarize.csv"))
-        page.heading("Dataset summarization")
+        on = settings.get("summarize_on")
+        page.heading("Dataset summarization" + (" of the cleaned data" if on else ""))
+        if on:
+            wrong = on.get("wrong_labels")
+            page.text(f"Summarization runs on the cleaned training set ({on['training_set']}): {on['n_train']} "
+                      f"samples{'' if wrong is None else f' with {wrong} wrong labels left'}, scored again on that "
+                      "set alone.")
         page.text("Test accuracy of the network retrained on what is left after removing a fraction of the training "
                   "set: the least informative samples (bottom, once or iteratively in 5% steps with recomputed "
                   "scores), the most informative (top), or random ones (SI paper Fig. 2c).")
-        if "is_noisy" in cols and np.any(cols["is_noisy"].astype(float) > 0):
+        if not on and "is_noisy" in cols and np.any(cols["is_noisy"].astype(float) > 0):
             page.text("With label noise, the mislabeled samples are among the most informative (see the detection "
                       "section), so keeping only the top-scored samples at large removal fractions keeps mostly "
-                      "wrong labels: clean the flagged samples first, then summarize.")
-        page.figure("summarization", summarization_figure(rows, "Summarization"), "Accuracy vs. fraction removed.")
+                      "wrong labels: clean the flagged samples first (--clean), then summarize.")
+        page.figure("summarization", summarization_figure(rows, "Summarization" + (" (cleaned data)" if on else "")),
+                    "Accuracy vs. fraction removed.")
         page.table(_summarization_wide(rows))
     if "sources.csv" in found:
         _sources_section(page, read_csv(os.path.join(out_dir, "sources.csv")), cols)
@@ -449,11 +464,57 @@ def _summarization_wide(rows):
         table.setdefault(r["strategy"], {"strategy": r["strategy"]})[f"{100 * float(r['fraction']):.0f}% removed"] = \
             100 * float(r["accuracy"])
     columns = sorted({c for t in table.values() for c in t if c != "strategy"}, key=lambda c: float(c.split("%")[0]))
-    return [{"strategy": name, **{c: t.get(c, "") for c in columns}} for name, t in table.items()]
+    full = table.get("full data", {}).get("0% removed", "")
+    return [{"strategy": name, **{c: t.get(c, full if c == "0% removed" else "") for c in columns}}
+            for name, t in table.items()]
 
 
-def _key_findings(out_dir, found):
-    """One-line conclusions from detection.csv and summarize.csv, for the top of the report."""
+def _clean_line(clean):
+    """One sentence: what cleaning flagged, what it did to the wrong labels and to test accuracy."""
+    planted = "" if "flag_precision" not in clean else (
+        f" ({100 * float(clean['flag_precision']):.0f}% of them wrong labels; wrong labels in the training set "
+        f"{clean['wrong_labels_before']} → {clean['wrong_labels_after']})")
+    verbs = {"remove": "removed", "relabel": "relabelled to the LOO-predicted class"}
+    verb = verbs.get(clean["action"], clean["action"])
+    return (f"Cleaning: {clean['n_flagged']} samples flagged ({clean['rule']}) and {verb}{planted}; test accuracy of "
+            f"the retrained network {100 * float(clean['accuracy_before']):.1f}% → "
+            f"{100 * float(clean['accuracy_after']):.1f}%.")
+
+
+def _clean_section(page, out_dir, found, clean, cols, settings):
+    page.heading("Cleaning")
+    page.text(_clean_line(clean) + " The network is retrained from the same initialization (Adam, early stopping on "
+              "the validation half) on the data as given and on the cleaned data; accuracy on the test half"
+              + (f" ({settings['n_test']} samples: one sample is {100 / settings['n_test']:.2g} points)."
+                 if settings.get("n_test") else "."))
+    n = clean["n_kept"] + (clean["n_flagged"] if clean["action"] == "remove" else 0)
+    summary = [{"": "training samples", "before cleaning": n, "after cleaning": clean["n_kept"]}]
+    if "wrong_labels_before" in clean:
+        summary.append({"": "wrong labels", "before cleaning": clean["wrong_labels_before"],
+                        "after cleaning": clean["wrong_labels_after"]})
+    summary.append({"": "test accuracy (%)", "before cleaning": 100 * float(clean["accuracy_before"]),
+                    "after cleaning": 100 * float(clean["accuracy_after"])})
+    page.table(summary)
+    if "clean.csv" in found:
+        rows = [r for r in read_csv(os.path.join(out_dir, "clean.csv")) if r.get("flagged") == 1]
+        true = dict(zip(cols["index"].astype(int), cols["true_label"])) if {"index", "true_label"} <= set(cols) \
+            else {}
+        shown = []
+        for r in rows[:12]:
+            row = {"index": int(r["index"]), "row": int(r["row"]), "label": _label(r["label"])}
+            if true:
+                row["true label"] = _label(true.get(int(r["index"]), ""))
+            row["action"] = r["action"]
+            if clean["action"] == "relabel":
+                row["new label"] = _label(r["new_label"])
+            shown.append(row)
+        if shown:
+            page.text(f"The first {len(shown)} of the {len(rows)} flagged samples (all in clean.csv):")
+            page.table(shown)
+
+
+def _key_findings(out_dir, found, settings=None):
+    """One-line conclusions from detection.csv, the cleaning and summarize.csv, for the top of the report."""
     lines = []
     if "detection.csv" in found:
         rows = read_csv(os.path.join(out_dir, "detection.csv"))
@@ -470,6 +531,8 @@ def _key_findings(out_dir, found):
                      f"AP {float(top['ap']):.3f})"
                      f" vs cleanlab (AUROC {float(outside['auroc']):.3f}, AP {float(outside['ap']):.3f}).")
         lines.append(line)
+    if settings and "clean" in settings:
+        lines.append(_clean_line(settings["clean"]))
     if "summarize.csv" in found:
         rows = read_csv(os.path.join(out_dir, "summarize.csv"))
         full = [float(r["accuracy"]) for r in rows if float(r["fraction"]) == 0]
@@ -478,7 +541,9 @@ def _key_findings(out_dir, found):
                 kept = [float(r["fraction"]) for r in rows
                         if r["strategy"] == strategy and float(r["accuracy"]) >= full[0] - 0.01]
                 if kept:
-                    lines.append(f"Summarization, removing {strategy} samples: up to {100 * max(kept):.0f}% of the "
+                    on = (settings or {}).get("summarize_on")
+                    lines.append(f"Summarization{' of the cleaned data' if on else ''}, removing {strategy} samples: "
+                                 f"up to {100 * max(kept):.0f}% of the "
                                  f"training set goes with test accuracy within 1 point of the full data "
                                  f"({100 * full[0]:.1f}%).")
     return lines

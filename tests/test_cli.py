@@ -64,9 +64,26 @@ def test_demo_end_to_end(tmp_path, capsys):
     for r in detection:  # detection.csv is the AUROC of the scores.csv column against the flipped labels
         column = suspicion_from_columns(columns, r["method"])
         assert r["auroc"] == pytest.approx(roc_auc_score(is_noisy, column), abs=1e-12)
+    # detect -> clean (remove LOO margin < 0) -> summarize the cleaned set, in that order
+    flagged = sorted(int(r["index"]) for r in scores if r["loo_margin"] < 0)
+    clean_rows = read_csv(os.path.join(out, "clean.csv"))
+    assert sorted(int(r["index"]) for r in clean_rows) == flagged and {r["action"] for r in clean_rows} == {"remove"}
+    settings = json.load(open(os.path.join(out, "settings.json")))
+    assert settings["clean"]["n_flagged"] == len(flagged) and settings["clean"]["n_kept"] == 60 - len(flagged)
+    assert settings["clean"]["wrong_labels_after"] == sum(r["is_noisy"] for r in scores if r["loo_margin"] >= 0)
+    assert settings["summarize_on"]["n_train"] == 60 - len(flagged)
+    assert settings["summarize_on"]["wrong_labels"] == settings["clean"]["wrong_labels_after"]
     summary = read_csv(os.path.join(out, "summarize.csv"))
     assert {r["strategy"] for r in summary} == {"full data", "bottom", "top", "random", "bottom-iterative"}
+    assert [r["n_kept"] for r in summary if r["strategy"] == "full data"] == [60 - len(flagged)]
+    kept = 60 - len(flagged)
+    assert [r["n_kept"] for r in summary if r["strategy"] == "bottom"] == [kept - round(0.1 * kept)]
+    assert stdout.index("detect (is_noisy, 6 of 60") < stdout.index("clean (remove") < stdout.index(
+        f"summarize ({60 - len(flagged)} training samples after cleaning")
     html, figures = _check_report(out)
+    assert html.index(">Detection of mislabeled samples<") < html.index(">Cleaning<") < html.index(
+        ">Dataset summarization of the cleaned data<")
+    assert f"Cleaning: {len(flagged)} samples flagged" in html
     assert {"roc.png", "summarization.png", "hist_fsi_noise.png", "grid_most_informative.png"} <= set(figures)
     # `report` re-renders the same folder
     status, stdout, _ = _run(capsys, "report", out)

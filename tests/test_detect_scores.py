@@ -92,3 +92,29 @@ def test_saturated_temperature_warns_and_log_probability_keeps_the_order():
     assert np.all(probs[:, 0] == 0.0)                  # the probability has lost the order ...
     logp = scores.loo_log_prob_given(wrong, given, T)
     assert np.all(np.diff(logp) < 0)                   # ... the log-probability keeps it
+
+
+def test_pooled_loo_log_prob_is_the_mean_over_points():
+    """Log-linear pooling over linearization points: the mean of each point's LOO log-probability of the
+    given label (each with its own LOO temperature); one point alone is that point's log-probability."""
+    from types import SimpleNamespace
+
+    from ntk_info.apps.detect import loo_detection_scores, pooled_loo_log_prob
+
+    rng = np.random.default_rng(0)
+    true = np.arange(20) % 3
+    labels = true.copy()
+    labels[[1, 7, 12]] = [2, 0, 1]  # three wrong labels: the LOO likelihood has an interior temperature
+    Y = np.eye(3)[labels]
+    points = [SimpleNamespace(loo_residuals=Y - (np.eye(3)[true] + rng.normal(scale=s, size=Y.shape)))
+              for s in (0.3, 0.6, 1.0)]
+    each = [loo_detection_scores(p, labels)["loo_log_prob_given"] for p in points]
+    for p, e in zip(points, each):  # by hand: log softmax(f_{-i}/T)[y_i] with the point's own T
+        out = Y - p.loo_residuals
+        T = S.loo_temperature(out, labels)
+        z = out / T
+        np.testing.assert_allclose(e, z[np.arange(20), labels] - np.log(np.exp(z).sum(axis=1)), rtol=1e-12)
+    np.testing.assert_allclose(pooled_loo_log_prob(points, labels), (each[0] + each[1] + each[2]) / 3, rtol=1e-12)
+    np.testing.assert_allclose(pooled_loo_log_prob(points[:1], labels), each[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="at least one"):
+        pooled_loo_log_prob([], labels)

@@ -172,3 +172,26 @@ def test_score_linearize_trained_is_score_at_the_adam_weights():
         score(model.apply_fn, params0, X, labels, X_val, targets="onehot", linearize="trained", **common)
     with pytest.raises(ValueError, match="linearize"):
         score(model.apply_fn, params0, X, labels, targets="onehot", linearize="after", **common)
+
+
+def test_grid_edge_flags_a_ridge_without_interior_optimum():
+    """grid_edge by hand; and at a stationary point (residuals orthogonal to the features, Φᵀr = 0) the
+    exact LOO residual is r_i(1 + φ_iᵀ(Φ_{-i}ᵀΦ_{-i} + λ)⁻¹φ_i), falling toward r_i as λ grows: no interior
+    optimum, the minimum sits at the top of any grid ("upper")."""
+    from ntk_info.linearize import grid_edge
+
+    assert grid_edge([3.0, 2.0, 1.0]) == "upper" and grid_edge([1.0, 2.0, 3.0]) == "lower"
+    assert grid_edge([3.0, 1.0, 2.0]) is None and grid_edge([1.0]) is None
+    with pytest.raises(ValueError, match="losses"):
+        grid_edge(np.ones((2, 2)))
+    rng = np.random.default_rng(3)
+    phi = rng.normal(size=(15, 4))
+    R = rng.normal(size=(15, 2))
+    R -= phi @ np.linalg.lstsq(phi, R, rcond=None)[0]  # Φᵀ R = 0: w_p fits the training set
+    grid = np.logspace(-3, 4, 8)
+    lam, total = ridge_by_loo(phi, R, grid)
+    assert np.all(np.diff(total) < 0) and lam == grid[-1] and grid_edge(total) == "upper"
+    by_hand = sum(0.5 * np.sum((R[i] * (1 + phi[i] @ np.linalg.solve(np.delete(phi, i, 0).T @ np.delete(phi, i, 0)
+                                                                      + grid[0] * np.eye(4), phi[i]))) ** 2)
+                  for i in range(15))
+    assert total[0] == pytest.approx(by_hand, rel=1e-9)

@@ -8,6 +8,8 @@ and 20 % of the ranking. Candidate scores (all from the same split):
 - ``loo_residual``: ||Y_i - f_{-i}(x_i)||, the exact leave-one-out residual of the linearized network,
 - ``influence``: GNH influence self-score ∇ℓ_iᵀH⁻¹∇ℓ_i at the trained weights (PBRF paper eq. 6),
 - ``mpe``: memory-perturbation sensitivity in logit space (MPE paper eq. 16),
+- ``pooled_loo_log_prob``: the LOO log-probability of the given label averaged over several linearization
+  points (init, trained, trained-head): log-linear pooling of the left-out models,
 - ``train_loss``: ½||f(x_i) - y_i||² of the trained network (weak: the network memorizes wrong labels),
 - ``cleanlab``: 1 - label quality of cross-validated predicted probabilities of an sklearn MLP
   (an outside baseline; Northcutt et al. 2021).
@@ -19,7 +21,7 @@ import math
 import numpy as np
 
 __all__ = ["SUSPICION_COLUMNS", "suspicion_from_columns", "detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe",
-           "loo_detection_scores"]
+           "loo_detection_scores", "pooled_loo_log_prob"]
 
 
 def found_fraction(scores, is_bad, inspect: float) -> float:
@@ -154,3 +156,14 @@ def loo_detection_scores(result, labels) -> dict:
             "suggested_label": scores.suggested_label(loo_outputs),
             "confident_joint": scores.confident_joint_flags(probs, labels).astype(int),
             "loo_probabilities": probs, "loo_temperature": temperature}
+
+
+def pooled_loo_log_prob(results, labels) -> np.ndarray:
+    """(1/P) Σ_p log P^{(p)}_{-i}(y_i | x_i): the LOO log-probability of the given label averaged over the
+    ``ScoreResult`` s of P linearization points (e.g. init, trained, trained-head), each with its own
+    LOO-fitted temperature (:func:`loo_detection_scores`). The geometric mean of the left-out models'
+    probabilities (log-linear pooling, a product of experts): a sample is only trusted where every model
+    trained without it agrees with its label. Low = suspicious."""
+    if not results:
+        raise ValueError("results: expected at least one ScoreResult (one per linearization point), got none")
+    return np.mean([loo_detection_scores(r, labels)["loo_log_prob_given"] for r in results], axis=0)

@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["PipelineConfig", "ConfigError", "UnstableLearningRate", "DegenerateData", "PipelineData", "Pipeline",
            "load_data", "choose_lr", "check_lr_stability", "influence_damping", "loo_residual_norms", "base_scores",
-           "split_rows", "check_model_input", "IMAGE_MODELS", "PIPELINE_LINEARIZATIONS"]
+           "split_rows", "check_model_input", "clean_training_set", "IMAGE_MODELS", "PIPELINE_LINEARIZATIONS"]
 
 IMAGE_MODELS = ("cnn", "resnet")
 # where the scores linearize (ntk_info.linearize): "init" replays GD from the initialization (the SI paper's
@@ -244,6 +244,29 @@ def load_data(config: PipelineConfig) -> PipelineData:
                         rows_val[::2], rows_val[1::2])
 
 
+def clean_training_set(data: PipelineData, cleaned, X=None) -> PipelineData:
+    """The training set after ``ntk_info.apps.clean.clean``: the kept samples (``cleaned.keep``) with their
+    cleaned labels (``cleaned.labels``); the held-out split is unchanged. ``X``: the training inputs actually
+    used (e.g. with adversarial examples; default ``data.X``). With planted noise, ``is_noisy`` becomes
+    "label after cleaning != true label" (a relabel to a wrong class stays noisy, a fixed flip does not).
+    Per-sample metadata (rows, source, group) follows the kept samples."""
+    X = data.X if X is None else np.asarray(X)
+    keep = np.asarray(cleaned.keep, dtype=bool)
+    labels = np.asarray(cleaned.labels)
+    if keep.shape != (X.shape[0],) or labels.shape != (X.shape[0],):
+        raise ValueError(f"cleaned: expected keep and labels of shape ({X.shape[0]},) (one per training sample), "
+                         f"got {keep.shape} and {labels.shape}")
+    if not keep.any():
+        raise ValueError("cleaned: no sample kept; nothing left to train on")
+    ds = data.dataset
+    pick = lambda a: None if a is None else np.asarray(a)[keep]  # noqa: E731
+    rows = ds.rows if ds.rows is not None else np.arange(X.shape[0])
+    dataset = dataclasses.replace(ds, X=X[keep], y=np.asarray(ds.y)[keep], source=pick(ds.source),
+                                  group=pick(ds.group), rows=np.asarray(rows)[keep])
+    is_noisy = None if data.is_noisy is None else labels[keep] != np.asarray(ds.y)[keep]
+    return dataclasses.replace(data, dataset=dataset, labels=labels[keep], is_noisy=is_noisy)
+
+
 def check_model_input(model: str, data: PipelineData) -> None:
     """Refuse an image model (cnn, resnet) on tabular data, naming both."""
     if model in IMAGE_MODELS and data.dataset.image_shape is None:
@@ -348,7 +371,34 @@ class Pipeline:
         self.damping = influence_damping(self.lr, config.steps, config.weight_decay)
         self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
         self._trained = None
+        self._point = None  # linearization point for config.linearize != "init" (cached)
+        self.linearize_settings = {}
         self.trust = None
+
+    def cleaned(self, cleaned, *, trust_samples: int = 0) -> "Pipeline":
+        """This pipeline on the cleaned training set (:func:`clean_training_set` of ``cleaned``, a
+        ``ntk_info.apps.clean.CleanResult`` over this pipeline's samples): same model, w0 (not re-trained or
+        re-loaded) and settings; the learning rate is decided again on the cleaned inputs (1/(λ_max + λ) of
+        the NTK at w0 on them, unless ``config.lr``), and a "trained" linearization point is trained again on
+        the cleaned labels. ``trust_samples``: the trust check of the cleaned scores (0 skips it)."""
+        import copy
+
+        from ntk_info.scorer import kernel_for
+        from ntk_info.training import targets
+
+        data = clean_training_set(self.data, cleaned, X=self.X)
+        new = copy.copy(self)
+        new.config = dataclasses.replace(self.config, trust_samples=trust_samples).validate()
+        new.data, new.X = data, data.X
+        new.Y = targets(data.labels, data.num_classes)
+        new.lambda_max = new._lambda_max(new.model, new.params0, new.config.model)
+        new.lr, new.lr_rule = choose_lr(new.config.lr, new.lambda_max, new.config.weight_decay)
+        new.warnings = check_lr_stability(new.lr, new.lambda_max, new.config.weight_decay,
+                                          allow=new.config.allow_unstable_lr)
+        new.damping = influence_damping(new.lr, new.config.steps, new.config.weight_decay)
+        new.kernel = kernel_for(new.X.shape[0], new.Y.shape[1], new.config.kernel)
+        new._trained, new._point, new.linearize_settings, new.trust = None, None, {}, None
+        return new
 
     def _build(self, name, width, seed, num_outputs=None):
         from ntk_info.models import get_model, init_params
@@ -466,18 +516,32 @@ class Pipeline:
                                         progress=self.progress)
         return dataclasses.replace(result, trust=self.trust)
 
-    def _score_linearized(self):
-        """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or
-        "trained-head"; early stopping on the validation half), t = ∞ with λ by exact LOO
-        (``ntk_info.linearize.score_at``); the point's settings are kept in ``linearize_settings``."""
-        from ntk_info.linearize import linearization_point, score_at
+    def linearization(self):
+        """The ``ntk_info.linearize.LinearizationPoint`` of ``config.linearize`` "trained" or "trained-head":
+        the network trained with Adam and early stopping on the validation half (the last layer re-initialized
+        for "trained-head"), cached."""
+        from ntk_info.linearize import linearization_point
         from ntk_info.training import targets
 
         c = self.config
-        with self.stage(f"train network (Adam, early stopping) for linearize={c.linearize}"):
-            point = linearization_point(c.linearize, self.params0, self.X, self.Y, self.data.X_val,
-                                        targets(self.data.y_val, self.data.num_classes), model=self.model,
-                                        train_options={"seed": c.seed}, head_seed=c.seed + 1)
+        if c.linearize == "init":
+            raise ValueError("linearize: 'init' scores at w0 (params0) with GD replayed; linearization() is for "
+                             "'trained' and 'trained-head'")
+        if self._point is None:
+            with self.stage(f"train network (Adam, early stopping) for linearize={c.linearize}"):
+                self._point = linearization_point(c.linearize, self.params0, self.X, self.Y, self.data.X_val,
+                                                  targets(self.data.y_val, self.data.num_classes), model=self.model,
+                                                  train_options={"seed": c.seed}, head_seed=c.seed + 1)
+        return self._point
+
+    def _score_linearized(self):
+        """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or
+        "trained-head"; :meth:`linearization`), t = ∞ with λ by exact LOO (``ntk_info.linearize.score_at``);
+        the point's settings and λ are kept in ``linearize_settings``."""
+        from ntk_info.linearize import score_at
+
+        c = self.config
+        point = self.linearization()
         with self.stage("scores (F-SI, SI, LOO)"):
             result = score_at(self.model.apply_fn, point.params, self.X, self.Y, self.data.X_val,
                               coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
@@ -487,8 +551,28 @@ class Pipeline:
                                    "linearize_weight_decay_rule": result.settings.get("weight_decay_rule")}
         return result
 
+    def _rescoring_point(self):
+        """(params, score options) that :meth:`rescorer` linearizes at: w0 with GD replayed for "init"; the
+        :meth:`linearization` point with t = ∞ and the λ that :meth:`score` chose on the full set otherwise."""
+        c = self.config
+        if c.segments is not None:
+            raise ConfigError("segments", f"iterative rescoring recomputes the scores of each kept subset on the "
+                                          f"network linearized at one point; the scores of --segments {c.segments} "
+                                          "come from the real training run linearized at checkpoints, which "
+                                          "rescoring does not replay. Drop --iterative, or drop --segments")
+        if c.linearize == "init":
+            return self.params0, self._score_options()
+        if "linearize_weight_decay" not in self.linearize_settings:
+            raise ValueError(f"linearize: rescoring at the {c.linearize!r} point uses the ridge λ that score() "
+                             "chooses by exact LOO on the full set; call Pipeline.score() first")
+        options = dict(lr=1.0, steps=math.inf, weight_decay=self.linearize_settings["linearize_weight_decay"],
+                       discrete=False, kernel=self.kernel)
+        return self.linearization().params, options
+
     def rescorer(self, by: str):
-        """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone.
+        """score_fn(kept) -> (len(kept),) ``by`` scores of the kept samples scored on the kept set alone, at the
+        point :meth:`score` linearizes at (``config.linearize``; for "trained"/"trained-head" after
+        :meth:`score`, with its λ; refused with ``--segments``).
 
         Features (and f0) do not depend on which samples are kept: computed once with the same
         projection as :meth:`score`. With one shared (trace, or k = 1) kernel the kept subsets are
@@ -501,19 +585,20 @@ class Pipeline:
         from ntk_info.scorer import kernel_for, score_features, trace_features
 
         c = self.config
+        params, options = self._rescoring_point()
         with self.stage("features for rescoring"):
-            feats = ntk_info.projected_features(self.model.apply_fn, self.params0, self.X,
+            feats = ntk_info.projected_features(self.model.apply_fn, params, self.X,
                                                 coords_per_layer=c.coords_per_layer, seed=c.seed,
                                                 method=c.projection, progress=False)
             phi_val = feats.projection.features(self.data.X_val, progress=False).phi
-        options = self._score_options()
         options["kernel"] = self.kernel  # decided for the full set: the kept subsets keep the same kernel
         n, k = feats.outputs.shape
         if kernel_for(n, k, self.kernel) == "trace" or k == 1:
             with self.stage("features for rescoring"):
                 phi, phi_v = trace_features(feats.phi), trace_features(phi_val)
-                rescore = SubsetRescorer(phi @ phi.T, self.Y - feats.outputs, phi_v @ phi.T, lr=self.lr,
-                                         steps=c.steps, weight_decay=c.weight_decay, discrete=True, by=by)
+                rescore = SubsetRescorer(phi @ phi.T, self.Y - feats.outputs, phi_v @ phi.T, lr=options["lr"],
+                                         steps=options["steps"], weight_decay=options["weight_decay"],
+                                         discrete=options["discrete"], by=by)
 
             def fast_score_fn(kept):
                 with self.stage("rescoring (iterative)"):
@@ -548,5 +633,5 @@ class Pipeline:
                                    "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
                                    }[self.kernel],
                 "seed": c.seed, **self.start, "warnings": list(self.warnings), "linearize": c.linearize,
-                **getattr(self, "linearize_settings", {}), "trust_samples": c.trust_samples,
+                **self.linearize_settings, "trust_samples": c.trust_samples,
                 **({"trust": self.trust} if self.trust is not None else {})}

@@ -220,3 +220,17 @@ def test_fgsm_is_scale_free_for_images_stored_times_1e6():
     assert unit.is_adversarial.sum() > 0
     np.testing.assert_array_equal(big.is_adversarial, unit.is_adversarial)
     np.testing.assert_allclose(big.X / 1e6, unit.X, rtol=1e-9)
+
+
+def test_streamed_kernel_scores_and_refuses_iterative_rescoring():
+    """kernel="streamed" through the pipeline gives the full kernel's scores; iterative rescoring, which keeps
+    features in memory, is refused naming the option instead of failing deep inside."""
+    config, data = _data(classes=("3", "5", "8"), kernel="streamed", projection="subsample")
+    pipe = Pipeline(config, data, progress=False)
+    streamed = pipe.score()
+    full = Pipeline(PipelineConfig(data="digits", **{**SMALL, "classes": ("3", "5", "8"), "kernel": "full",
+                                                     "projection": "subsample"}), data, progress=False).score()
+    assert streamed.settings["kernel"] == "streamed"
+    np.testing.assert_allclose(streamed.fsi, full.fsi, rtol=1e-7)
+    with pytest.raises(ConfigError, match="drop --iterative"):
+        pipe.rescorer("fsi")

@@ -74,7 +74,7 @@ class PipelineConfig:
 
     Training: ``steps`` full-batch GD steps of size ``lr`` (None: 1/(λ_max + λ)) on the sum loss
     Σ_i ½||f(x_i) - y_i||² + (λ/2)||w - w0||², λ = ``weight_decay``. Scores: ``coords_per_layer``
-    Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace";
+    Jacobian coordinates per layer with ``projection``, ``kernel`` "auto" / "full" / "trace" / "streamed";
     ``segments`` S: linearize the real training run at S checkpoints (``ntk_info.segments``) instead of
     at the init (None).
     Evidence (``ntk_info.trust``): the real network retrained without ``trust_samples`` samples (0 skips it).
@@ -585,6 +585,10 @@ class Pipeline:
         from ntk_info.scorer import kernel_for, score_features, trace_features
 
         c = self.config
+        if self.kernel == "streamed":
+            raise ConfigError("kernel", "iterative rescoring keeps the features of every kept subset in memory, "
+                                        "which the streamed kernel (--kernel streamed, or auto beyond 10,000 samples) "
+                                        "avoids; drop --iterative, or pass --kernel trace")
         params, options = self._rescoring_point()
         with self.stage("features for rescoring"):
             feats = ntk_info.projected_features(self.model.apply_fn, params, self.X,

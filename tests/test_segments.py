@@ -100,6 +100,88 @@ def test_recursion_dual_independent_outputs_and_flow(solver):
         assert _rel(res.self_prediction_change, ref["self"]) < 1e-9
 
 
+def test_on_segment_reports_each_prefix_delta():
+    """The callback's δ_{s+1} after segment s is the final δ of the first s + 1 segments run alone
+    (checked through ||δ||² and the last segment's self-prediction change, against the unrolled reference)."""
+    rng = np.random.default_rng(5)
+    segs = _random_segments(rng, 6, (1, 5), [30, 70, 20], q=1)
+    seen = []
+    segmented_leave_one_out(segs, lr=0.02, weight_decay=0.1, progress=False,
+                            on_segment=lambda s, seg, delta: seen.append((s, seg.steps, delta)))
+    assert [(s, t) for s, t, _ in seen] == [(0, 30), (1, 70), (2, 20)]
+    for s, _, delta in seen:
+        ref = _unrolled(segs[:s + 1], 0.02, 0.1)
+        assert delta.shape == (6, 5, 1)
+        assert _rel(np.sum(delta ** 2, axis=(1, 2)), ref["weight"]) < 1e-9
+        last = np.asarray(segs[s].features).reshape(6, 5)
+        assert _rel(np.einsum("ip,ipq->iq", last, delta), ref["self"]) < 1e-9
+
+
+def _dense_equilibrated(segments, lr, lam, cross):
+    """Reference of unstable="equilibrate": per sample and segment, u = ψ(M) u0 + g(M) b with dense
+    eigendecompositions of M = ΦᵀΦ + λ and M_{-i}, g(h) = (1 - (1 - ηh)^t)/h, ψ = (1 - ηh)^t for ηh < 2,
+    and g = 1/h, ψ = 0 for ηh ≥ 2 (the mode at its equilibrium)."""
+    n = segments[0].features.shape[0]
+
+    def run(M, b, u0, t):
+        h, V = np.linalg.eigh(M)
+        hot = lr * h >= 2.0
+        psi = np.where(hot, 0.0, (1.0 - lr * h) ** t)
+        g = np.where(hot, 1.0 / np.where(hot, h, 1.0), np.where(np.abs(h) > 1e-14, (1.0 - psi) / np.where(
+            np.abs(h) > 1e-14, h, 1.0), lr * t))
+        return V @ (psi[:, None] * (V.T @ u0) + g[:, None] * (V.T @ b))
+
+    deltas = []
+    for i in range(n):
+        delta = None
+        for seg in segments:
+            phi = np.asarray(seg.features, float)
+            kb = phi.shape[1] if phi.ndim == 3 else 1
+            R = seg.residuals.reshape(-1, 1) if phi.ndim == 3 else seg.residuals.reshape(n, -1)
+            phi = phi.reshape(-1, phi.shape[-1])
+            p, q = phi.shape[1], R.shape[1]
+            v = np.zeros((p, q)) if seg.offset is None else np.broadcast_to(np.reshape(seg.offset, (p, -1)), (p, q))
+            keep = np.ones(phi.shape[0])
+            keep[i * kb:(i + 1) * kb] = 0.0
+            delta = np.zeros((p, q)) if delta is None else delta
+            u = run(phi.T @ phi + lam * np.eye(p), phi.T @ R - lam * v, np.zeros((p, q)), seg.steps)
+            u_loo = run(phi.T @ (keep[:, None] * phi) + lam * np.eye(p), phi.T @ (keep[:, None] * R) - lam * v,
+                        -delta, seg.steps)
+            delta = u - u_loo
+        deltas.append(delta)
+    d = np.stack(deltas)
+    return {"weight": np.sum(d ** 2, axis=(1, 2)),
+            "val": np.sum(np.einsum("mp,ipq->imq", cross.reshape(-1, d.shape[1]), d) ** 2, axis=(1, 2))}
+
+
+@pytest.mark.parametrize("shape,lam", [((2, 5), 0.3), ((12,), 0.0)])
+def test_equilibrate_unstable_modes_matches_dense_reference(shape, lam):
+    """unstable="equilibrate" on segments whose top modes have η u ≥ 2 (a catapult-like middle segment):
+    equal to the dense reference (primal block removal with λ > 0; dual with λ = 0); differs from
+    "propagate" there; identical to it when every segment is stable."""
+    rng = np.random.default_rng(6)
+    multi = len(shape) == 2
+    segs = _random_segments(rng, 7, shape, [30, 12, 25], multi=multi)
+    top = [float(np.linalg.eigvalsh(g.features.reshape(-1, shape[-1]).T @ g.features.reshape(-1, shape[-1]))[-1])
+           for g in segs]
+    lr = 2.6 / top[1]
+    cross = rng.normal(size=(4,) + shape)
+    assert lr * (top[1] + lam) >= 2.0 and lr * (min(top) + lam) < 2.0  # some segments unstable, some not
+    ref = _dense_equilibrated(segs, lr, lam, cross)
+    res = segmented_leave_one_out(segs, lr=lr, weight_decay=lam, cross_features=cross, unstable="equilibrate",
+                                  progress=False)
+    assert _rel(res.weight_change_sq, ref["weight"]) < 1e-8
+    assert _rel(res.prediction_change_sq, ref["val"]) < 1e-8
+    with pytest.warns(RuntimeWarning, match="edge of stability"):
+        plain = segmented_leave_one_out(segs, lr=lr, weight_decay=lam, cross_features=cross, progress=False)
+    assert _rel(plain.weight_change_sq, ref["weight"]) > 1e-2
+    small = 0.5 * lr * min(top) / max(top)
+    a = segmented_leave_one_out(segs, lr=small, weight_decay=lam, cross_features=cross, unstable="equilibrate",
+                                progress=False)
+    b = segmented_leave_one_out(segs, lr=small, weight_decay=lam, cross_features=cross, progress=False)
+    assert _rel(a.weight_change_sq, b.weight_change_sq) < 1e-12
+
+
 def test_one_segment_equals_leave_one_out():
     """S = 1 (no offset) is today's engine: every output, with and without weight decay."""
     rng = np.random.default_rng(3)

@@ -17,6 +17,12 @@ checkpoints w_s^{(-i)} are compared with the segmented prediction δ_s(i) of ``n
                step apart (a truth that flips from one step to the next cannot be tracked by any
                smooth estimate).
 
+Two candidate fixes for modes with η u ≥ 2 are carried along in closed form (dual eigendecompositions,
+``segment_closed_form``; "plain" reproduces the library to ~1e-12): "equilibrate" (such a mode at its
+equilibrium, g = 1/u, ψ = 0) and "marginal" (per-step factor clamped to -1); their cos against the
+real difference per checkpoint and their final Pearson over the samples are printed. On the CNN from
+scratch neither tracks (issue 12's closing note), so neither is in the library.
+
 Rows are medians over the samples. Run (λ = 0 only):
 
     nice -n 10 .venv/bin/python experiments/segments_tracking.py --network cnn_scratch --samples 4 --segments 16
@@ -129,8 +135,6 @@ def main(argv=None):
     ap.add_argument("--n-val", type=int, default=40, help="validation inputs for the per-checkpoint prediction columns "
                                                            "(the final Pearson uses all of them, as table1.py)")
     ap.add_argument("--lr-factor", type=float, default=0.25)
-    ap.add_argument("--unstable", default="propagate",
-                    help="the library's treatment of modes with η u ≥ 2 (ntk_info.segments.UNSTABLE) for the δ_s columns")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/segments_tracking")
     args = ap.parse_args(argv)
@@ -157,7 +161,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     _, info = segmented_network_loo(model.apply_fn, p0, X, Y, projection=projection, lr=lr, steps=steps,
                                     segments=args.segments, spacing=args.spacing, first_features=feats0,
-                                    progress=False, on_segment=on_segment, unstable=args.unstable)
+                                    progress=False, on_segment=on_segment)
     t_seg = time.perf_counter() - t0
     weights = info["weights"]
     # the full run one step before the end (for the step-to-step stability of the truth)
@@ -196,8 +200,7 @@ def main(argv=None):
             delta = seg_delta[s][j]
             for v in VARIANTS:
                 var_delta[v][i] = segment_closed_form(phi_prev, r_prev, i, var_delta[v][i], lr=lr, steps=t_s, variant=v)
-            plain_check = max(plain_check, rel_err(var_delta["plain" if args.unstable == "propagate" else args.unstable][i],
-                                                   delta))
+            plain_check = max(plain_check, rel_err(var_delta["plain"][i], delta))
             local = one_segment(phi_prev, r_prev, i, d_prev[i], lr=lr, steps=t_s)
             df_real = f_v - np.asarray(model.apply_fn(w_real, Xv), np.float64).ravel()
             cols["norm_real"].append(np.linalg.norm(d_real))
@@ -219,7 +222,7 @@ def main(argv=None):
               f"local cos={row['cos_local']:+.3f} err={row['err_local']:.3g}  cos_f={row['cos_f']:+.3f} "
               f"err_f={row['err_f']:.3g}  | cos_w equilibrate {row['cos_w_equilibrate']:+.3f} "
               f"marginal {row['cos_w_marginal']:+.3f}", flush=True)
-    print(f"check: the closed form reproduces the library's δ_s (unstable={args.unstable}) to relative {plain_check:.2e}")
+    print(f"check: the closed form 'plain' reproduces the library's δ_s to relative {plain_check:.2e}")
 
     # Pearson over the tracked samples at the end, as table1.py measures it (weights: full weight space;
     # predictions: all validation inputs, read out with the last segment's features)
@@ -263,7 +266,7 @@ def main(argv=None):
     total = time.perf_counter() - t_start
     print(f"seconds: segmented LOO (incl. its training) {t_seg:.1f}, {len(samples)} retrainings with checkpoints "
           f"{t_real:.1f}, total {total:.1f} (shared, contended CPU)")
-    with open(os.path.join(args.out, f"{args.network}_S{args.segments}_{args.spacing}_{args.unstable}.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.network}_S{args.segments}_{args.spacing}.json"), "w") as f:
         json.dump(dict(args=vars(args), lr=lr, steps=steps, checkpoints=tau.tolist(), samples=samples.tolist(),
                        rows=rows, end=end, pearson=pearson, plain_check=plain_check, truth_weights=truth_w.tolist(),
                        truth_predictions=truth_f.tolist(),

@@ -309,7 +309,13 @@ def main(argv=None):
     summary = {c: {k: dict(lr=v["lr"], weight_decay=v["weight_decay"], steps=v["steps"], lmax=v["lmax"],
                            train_err=v["train_err"], val_err=v["val_err"], retrain_seconds=v["retrain_seconds"],
                            brute_seconds=v["table"].brute_seconds, subset=v["table"].brute.indices.tolist(),
-                           rows={r.method: dict(pearson=r.pearson, spearman=r.spearman, seconds=r.seconds)
+                           truth={"weights": np.asarray(v["table"].brute.weight_change_sq).tolist(),
+                                  "predictions": np.asarray(v["table"].brute.prediction_change_sq).tolist()},
+                           rows={r.method: dict(pearson=r.pearson, spearman=r.spearman, seconds=r.seconds,
+                                                weights=np.asarray(r.estimates["weights"]).tolist()
+                                                if r.estimates.get("weights") is not None else None,
+                                                predictions=np.asarray(r.estimates["predictions"]).tolist()
+                                                if r.estimates.get("predictions") is not None else None)
                                  for r in v["table"].rows})
                    for k, v in res.items()} for c, res in results.items()}
     summary["total_seconds"] = total

@@ -68,12 +68,11 @@ from ntk_info import rational, secular
 from ntk_info.dynamics import filter_values
 from ntk_info.loo import LOOResult
 
-__all__ = ["Segment", "SOLVERS", "SPACINGS", "UNSTABLE", "checkpoint_steps", "segment_filter", "segmented_leave_one_out", "sketch_weights",
+__all__ = ["Segment", "SOLVERS", "SPACINGS", "checkpoint_steps", "segmented_leave_one_out", "sketch_weights",
            "transition_values", "train_checkpoints", "segmented_network_loo"]
 
 SPACINGS = ("uniform", "early")
 SOLVERS = ("auto", "rational", "downdate", "direct")
-UNSTABLE = ("propagate", "equilibrate")
 _DIRECT_MAX_STEPS = 64  # segments this short are stepped directly (exact, O(t_s r k q) per sample)
 _CHUNK_BYTES = 4e8  # per-chunk working memory of the per-sample solves
 
@@ -105,25 +104,6 @@ def transition_values(u, *, lr, steps, discrete=True):
     power = jnp.where(mag == 0.0, jnp.where(t == 0.0, 1.0, 0.0), power)
     odd = jnp.mod(t, 2.0) == 1.0
     return jnp.where((base < 0) & odd, -power, power)
-
-
-def segment_filter(u, *, lr, steps, discrete=True, unstable="propagate"):
-    """(g(u), ψ(u)) of one segment: the GD filter (``ntk_info.dynamics.filter_values``) and the transition
-    ψ = 1 - u g. ``unstable="equilibrate"`` (discrete GD only): a mode with η u ≥ 2, which GD on the
-    linear segment model would amplify by |1 - ηu|^t, is put at its equilibrium instead, g = 1/u and
-    ψ = 0: the real network cannot follow such a mode either (its curvature self-stabilizes back to
-    ≤ 2/η, Damian et al. 2023 "Self-stabilization"; the catapult of Lewkowycz et al. 2020), and
-    what it retains of the perturbation along it is modelled as its equilibrium value. Stable modes
-    (η u < 2) are unchanged, so a run whose checkpoints all have η(λmax + λ) < 2 gives identical numbers.
-    """
-    g = filter_values(u, lr=lr, steps=steps, discrete=discrete)
-    psi = transition_values(u, lr=lr, steps=steps, discrete=discrete)
-    if unstable == "equilibrate" and discrete:
-        u = jnp.asarray(u)
-        hot = jnp.asarray(lr, u.dtype) * u >= 2.0
-        g = jnp.where(hot, 1.0 / jnp.where(hot, u, 1.0), g)
-        psi = jnp.where(hot, 0.0, psi)
-    return g, psi
 
 
 def checkpoint_steps(steps: int, segments: int, spacing="uniform") -> np.ndarray:
@@ -233,21 +213,21 @@ def _rational_chunk(Z, Ri, x, s, c, lam, fit, *, propagate):
     return d + x - phi_y
 
 
-@functools.partial(jax.jit, static_argnames=("discrete", "propagate", "unstable"))
-def _downdate_chunk(Z, Ri, x, s, c, lr, t, lam, *, discrete, propagate, unstable="propagate"):
-    """The same through the exact secular downdate A = Q diag(μ) Qᵀ (``ntk_info.secular``), per sample
-    (any filter: also :func:`segment_filter`'s ``unstable`` variant)."""
+@functools.partial(jax.jit, static_argnames=("discrete", "propagate"))
+def _downdate_chunk(Z, Ri, x, s, c, lr, t, lam, *, discrete, propagate):
+    """The same through the exact secular downdate A = Q diag(μ) Qᵀ (``ntk_info.secular``), per sample."""
     q = c.shape[1]
-    phi_s = segment_filter(s + lam, lr=lr, steps=t, discrete=discrete, unstable=unstable)[0]
+    phi_s = filter_values(s + lam, lr=lr, steps=t, discrete=discrete)
 
     def one(args):
         Zi, Rii, xi = args
         dd = secular.downdate(s, Zi)
         rhs = jnp.concatenate([c - Zi @ Rii, xi], axis=1) if propagate else c - Zi @ Rii
         y = secular.transpose_apply(dd, rhs)
-        phi_mu, psi_mu = segment_filter(dd.roots + lam, lr=lr, steps=t, discrete=discrete, unstable=unstable)
+        phi_mu = filter_values(dd.roots + lam, lr=lr, steps=t, discrete=discrete)
         cols = phi_mu[:, None] * y[:, :q]
         if propagate:
+            psi_mu = transition_values(dd.roots + lam, lr=lr, steps=t, discrete=discrete)
             cols = jnp.concatenate([cols, psi_mu[:, None] * y[:, q:]], axis=1)
         w = secular.basis_apply(dd, cols)
         out = phi_s[:, None] * c - w[:, :q]
@@ -314,7 +294,7 @@ def _validated(segment, index, shape):
 
 def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0, discrete=True,
                             cross_features=None, solver="auto", chunk_size=None, progress=True,
-                            on_segment=None, unstable="propagate") -> LOOResult:
+                            on_segment=None) -> LOOResult:
     """Exact LOO of the piecewise-linearized training run, recursion (1) of the module docstring.
 
     ``segments``: an iterable of :class:`Segment` (consumed one at a time, so it may be a generator
@@ -328,9 +308,6 @@ def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0
     weight_change_sq = ||δ_S||², self_prediction_change = Φ_{S-1,i} δ_S, train_prediction_change_sq
     = ||Φ_{S-1} δ_S||², prediction_change_sq = ||Φ_v δ_S||², fitted_residuals = r_{S-1} - Φ_{S-1} u
     (the last segment's full run); mode/basis/rank/solver of the last segment, steps = Σ t_s.
-    ``unstable``: "propagate" (default: the exact piecewise-linear GD, which amplifies modes with
-    η u ≥ 2) or "equilibrate" (:func:`segment_filter`; segments with η(λmax + λ) ≥ 2 then use the
-    downdate solver, the others are unchanged).
     ``on_segment(s, segment, delta)``, if given, is called after each segment s with that
     :class:`Segment` and δ_{s+1} as a numpy (n, p, q) array (diagnostics: where along training the
     perturbation stops tracking retraining, ``experiments/segments_tracking.py``).
@@ -338,8 +315,6 @@ def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
-    if unstable not in UNSTABLE:
-        raise ValueError(f"unstable: expected one of {UNSTABLE}, got {unstable!r}")
     if solver == "direct" and not discrete:
         raise ValueError("solver: 'direct' steps discrete GD; use discrete=True or solver='auto'")
     lr = float(lr)
@@ -349,11 +324,10 @@ def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0
     if not (math.isfinite(lam) and lam >= 0):
         raise ValueError(f"weight_decay: expected a finite λ ≥ 0, got {weight_decay!r}")
     with enable_x64(True):
-        return _run(segments, lr, lam, bool(discrete), cross_features, solver, chunk_size, progress, on_segment,
-                    unstable)
+        return _run(segments, lr, lam, bool(discrete), cross_features, solver, chunk_size, progress, on_segment)
 
 
-def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progress, on_segment, unstable):
+def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progress, on_segment):
     shape = delta = v_model = None
     total_steps, solvers, one_d = 0, [], False
     basis = phi = R = c = None
@@ -373,18 +347,14 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
         propagate = index > 0
         x = jnp.einsum("ipq,pr->irq", delta, U)  # Uᵀ δ_s(i)
         s_max = float(s[-1])
-        hot = discrete and lr * (s_max + lam) >= 2.0
-        if hot and unstable == "propagate":
+        if lr * (s_max + lam) >= 2.0 and discrete:
             import warnings
 
             warnings.warn(f"segment {index}: η(λmax + λ) = {lr * (s_max + lam):.3g} ≥ 2, the linearized segment "
-                          "is unstable (edge of stability): its LOO perturbation grows over the segment; "
-                          "unstable='equilibrate' puts such modes at their equilibrium", RuntimeWarning, stacklevel=3)
+                          "is unstable (edge of stability): its LOO perturbation grows over the segment",
+                          RuntimeWarning, stacklevel=3)
         kind = solver
         fits = None
-        seg_unstable = unstable if hot else "propagate"
-        if seg_unstable != "propagate":
-            kind = "downdate"  # the one solver that applies any filter of the downdated spectrum
         if kind == "auto":
             kind = "direct" if discrete and t <= _DIRECT_MAX_STEPS else "rational"
         if kind == "rational":
@@ -413,13 +383,12 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
             elif kind == "rational":
                 out = _rational_chunk(Z, Ri, xi, s, c, lam, fits, propagate=propagate)
             else:
-                out = _downdate_chunk(Z, Ri, xi, s, c, lr, t, lam, discrete=discrete, propagate=propagate,
-                                      unstable=seg_unstable)
+                out = _downdate_chunk(Z, Ri, xi, s, c, lr, t, lam, discrete=discrete, propagate=propagate)
             new.append(out)
         new = jnp.concatenate(new)  # Uᵀ δ_{s+1}(i)  (n, r, q)
-        psi_lam = float(segment_filter(lam, lr=lr, steps=t, discrete=discrete, unstable=seg_unstable)[1])
+        psi_lam = float(transition_values(lam, lr=lr, steps=t, discrete=discrete))
         delta = jnp.einsum("pr,irq->ipq", U, new - psi_lam * x) + psi_lam * delta
-        phi_s = segment_filter(s + lam, lr=lr, steps=t, discrete=discrete, unstable=seg_unstable)[0]
+        phi_s = filter_values(s + lam, lr=lr, steps=t, discrete=discrete)
         v_perp = v - U @ (U.T @ v)
         v_model = v + U @ (phi_s[:, None] * c) + (psi_lam - 1.0) * v_perp
         total_steps += t
@@ -431,8 +400,7 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
     x = new
     Z = jnp.moveaxis(basis.T.reshape(-1, n, kb), 1, 0)
     self_change = jnp.einsum("nla,nlq->naq", Z, x)
-    fitted = R - basis.T.T @ (segment_filter(basis.s + lam, lr=lr, steps=t, discrete=discrete,
-                                             unstable=seg_unstable)[0][:, None] * c)
+    fitted = R - basis.T.T @ (filter_values(basis.s + lam, lr=lr, steps=t, discrete=discrete)[:, None] * c)
     val = None
     n_val = 0
     if cross_features is not None:
@@ -502,7 +470,7 @@ def _drift(phi, phi0):
 
 def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, steps, weight_decay=0.0,
                           segments, spacing="uniform", X_val=None, kernel="full", batch_size=None,
-                          first_features=None, solver="auto", progress=True, on_segment=None, unstable="propagate"):
+                          first_features=None, solver="auto", progress=True, on_segment=None):
     """Train the real network once, linearize at S = ``segments`` checkpoints, return (LOOResult, info).
 
     Training: ``steps`` full-batch GD steps of size ``lr``, sum loss, decay ``weight_decay`` toward
@@ -514,7 +482,7 @@ def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, 
     ``first_features``: Φ_0 already computed with ``projection`` (skips one pass). Φ_v of ``X_val``
     at w_{S-1}. info: checkpoints, per-checkpoint kernel drift ||K_s - K_0||/||K_0|| and
     λmax(K_s)/λmax(K_0) (also at the final weights w_S), stability margins η λmax/2, timings.
-    ``on_segment``, ``unstable``: passed to :func:`segmented_leave_one_out`; info["weights"] then holds the checkpoints' params.
+    ``on_segment``: passed to :func:`segmented_leave_one_out`; info["weights"] then holds the checkpoints' params.
     """
     t0 = time.perf_counter()
     tau = checkpoint_steps(int(steps), segments, spacing)
@@ -553,13 +521,12 @@ def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, 
         cross = shaped(dataclasses.replace(projection, params=weights[-2]).features(
             X_val, batch_size=batch_size, progress=False).phi)
     loo = segmented_leave_one_out(generate(), lr=lr, weight_decay=weight_decay, discrete=True, cross_features=cross,
-                                  solver=solver, progress=progress, on_segment=on_segment,
-                                  unstable=unstable)
+                                  solver=solver, progress=progress, on_segment=on_segment)
     t_loo = time.perf_counter()
     final = features_at(len(tau) - 1) if len(tau) > 1 else None
     d_final, lm_final = _drift(final.phi, phi0[0])
     info = {
-        "segments": len(tau) - 1, "unstable_modes": unstable, "spacing": spacing if isinstance(spacing, str) else "explicit",
+        "segments": len(tau) - 1, "spacing": spacing if isinstance(spacing, str) else "explicit",
         "checkpoints": tau.tolist(), "segment_solvers": loo.solver,
         "kernel_drift": drift + [d_final],
         "lambda_max_ratio": [m / lmax[0] for m in lmax + [lm_final]],

@@ -96,16 +96,19 @@ def as_f32(params):
 
 
 def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size, lissa_depth, lr_factor, seed,
-                log, lissa_batch_size=None, paper_lr=None, methods=BASE_METHODS):
-    """Both λ settings of one network: {"lam0": table, "lam": table} with η and λ printed.
+                log, lissa_batch_size=None, paper_lr=None, methods=BASE_METHODS, settings=("lam0", "lam")):
+    """The λ ``settings`` of one network ("lam0": λ = 0, "lam": λ = 10/(ηt)): {key: table} with η, λ printed.
 
     η = min(paper_lr, lr_factor / λ_max(K0)): the paper's learning rate where it is stable, else the bound.
+    ``retrain_seconds``: brute force's wall time per training run (reference + removals), the cost column's unit.
     """
     lmax = ntk_lambda_max(model.apply_fn, params0, X, seed)
     lr = lr_factor / lmax if paper_lr is None else min(paper_lr, lr_factor / lmax)
     lam = 10.0 / (lr * steps)
     out = {}
     for key, wd in (("lam0", 0.0), ("lam", lam)):
+        if key not in settings:
+            continue
         log(f"[{name}] n={X.shape[0]} λ_max(K0)={lmax:.4g}  η={lr:.4g} (η·λ_max={lr * lmax:.2f})  t={steps}  "
             f"λ={wd:.4g}  brute-force subset={subset_size}  LiSSA depth={lissa_depth} "
             f"(GNH batch {lissa_batch_size or 'full'})")
@@ -114,6 +117,11 @@ def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size,
                         subset_size=subset_size, lissa_depth=lissa_depth, lissa_batch_size=lissa_batch_size,
                         seed=seed, progress=False, methods=methods)
         trained = table.brute.params
+        # one retraining: brute force's time per training run (the reference run and each removal; compilation
+        # amortized over them); the methods' times include their own compilation and, for segments, a training run
+        retrain_seconds = table.brute_seconds / (table.brute.indices.size + 1)
+        log(f"[{name}, λ={wd:.4g}] one retraining {retrain_seconds:.2f} s (brute force / runs); cost of each method in retrainings: "
+            + ", ".join(f"{label(r.method)} {r.seconds / retrain_seconds:.1f}×" for r in table.rows))
         train_err = float(np.mean(np.sign(np.asarray(model.apply_fn(trained, X))) != Y))
         val_err = float(np.mean(np.sign(np.asarray(model.apply_fn(trained, X_val))) != Y_val))
         log(table.to_markdown(measures=("weights", "predictions", "self")))
@@ -127,7 +135,7 @@ def run_network(name, model, params0, X, Y, X_val, Y_val, *, steps, subset_size,
         log(f"[{name}, λ={wd:.4g}] train error {train_err:.3f}, val error {val_err:.3f}, "
             f"setting time {time.perf_counter() - t0:.1f} s\n")
         out[key] = dict(table=table, lr=lr, weight_decay=wd, steps=steps, lmax=lmax, train_err=train_err,
-                        val_err=val_err)
+                        val_err=val_err, retrain_seconds=retrain_seconds)
     return out
 
 
@@ -137,10 +145,12 @@ def paper_table(results, columns, methods=BASE_METHODS) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for measure, measure_label in (("weights", "weights"), ("predictions", "predictions")):
         for key, reg in (("lam0", "λ = 0"), ("lam", "λ = 10/(ηt)")):
+            if not any(key in r for r in results.values()):
+                continue
             for j, method in enumerate(methods):
                 cells = [measure_label if key == "lam0" and j == 0 else "", reg if j == 0 else "", label(method)]
                 for c in columns:
-                    if c not in results:
+                    if c not in results or key not in results[c]:
                         cells.append("not run")
                         continue
                     p = results[c][key]["table"].row(method).pearson[measure]
@@ -150,13 +160,17 @@ def paper_table(results, columns, methods=BASE_METHODS) -> str:
 
 
 def time_table(results, columns, methods=BASE_METHODS) -> str:
-    """Wall time [s] of every method and of brute force, per network and λ."""
-    cols = [(c, key) for c in columns if c in results for key in ("lam0", "lam")]
+    """Wall time [s] of every method (and its cost in warm retrainings of the network) and of brute force."""
+    cols = [(c, key) for c in columns if c in results for key in ("lam0", "lam") if key in results[c]]
     head = ["Method"] + [f"{c} ({'λ=0' if k == 'lam0' else 'λ>0'})" for c, k in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in methods:
         lines.append("| " + " | ".join([label(method)] + [
-            f"{results[c][k]['table'].row(method).seconds:.1f}" for c, k in cols]) + " |")
+            f"{results[c][k]['table'].row(method).seconds:.1f} "
+            f"({results[c][k]['table'].row(method).seconds / results[c][k]['retrain_seconds']:.1f}×)"
+            for c, k in cols]) + " |")
+    lines.append("| " + " | ".join(["One retraining (brute force / runs)"] + [
+        f"{results[c][k]['retrain_seconds']:.2f} (1×)" for c, k in cols]) + " |")
     lines.append("| " + " | ".join([f"Brute force (subset)"] + [
         f"{results[c][k]['table'].brute_seconds:.1f} ({results[c][k]['table'].brute.indices.size})"
         for c, k in cols]) + " |")
@@ -170,20 +184,21 @@ def figure(results, columns, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(c, k) for c in columns if c in results for k in ("lam0", "lam")]
+    runs = [(c, k) for c in columns if c in results for k in ("lam0", "lam") if k in results[c]]
     fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 6.2), squeeze=False)
     for j, (c, k) in enumerate(runs):
         table = results[c][k]["table"]
         for i, measure in enumerate(("weights", "predictions")):
             ax = axes[i, j]
             truth = table.brute.weight_change_sq if measure == "weights" else table.brute.prediction_change_sq
-            est = table.row("linearization").estimates[measure]
+            shown = "linearization" if any(r.method == "linearization" for r in table.rows) else table.rows[0].method
+            est = table.row(shown).estimates[measure]
             ax.scatter(truth, est, s=10)
-            p = table.row("linearization").pearson[measure]
+            p = table.row(shown).pearson[measure]
             ax.set_title(f"{c}, {'λ=0' if k == 'lam0' else 'λ>0'}\n{measure}: r={p:.3f}" if p is not None else c,
                          fontsize=8)
             ax.set_xlabel("retraining", fontsize=8)
-            ax.set_ylabel("linearization", fontsize=8)
+            ax.set_ylabel(label(shown), fontsize=8)
             ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -212,6 +227,10 @@ def main(argv=None):
     ap.add_argument("--segments", default="1,2,4,8,16",
                     help="segmented-linearization rows: comma-separated S (checkpoints of the real run; '' for none)")
     ap.add_argument("--spacing", default="uniform", help="checkpoint spacing of the segment rows: uniform or early")
+    ap.add_argument("--methods", default=",".join(BASE_METHODS),
+                    help=f"comma-separated subset of {', '.join(BASE_METHODS)} (the segment rows come from --segments)")
+    ap.add_argument("--regularization", default="lam0,lam",
+                    help="λ settings to run: lam0 (λ = 0), lam (λ = 10/(ηt)), or both (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -234,7 +253,13 @@ def main(argv=None):
         raise ValueError(f"--networks: unknown {unknown}; valid: {sorted(columns)}")
     seg_methods = tuple(f"segments:{int(S)}" + ("" if args.spacing == "uniform" else f":{args.spacing}")
                         for S in args.segments.split(",") if S.strip())
-    methods = BASE_METHODS + seg_methods
+    base = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if set(base) - set(BASE_METHODS):
+        raise ValueError(f"--methods: unknown {sorted(set(base) - set(BASE_METHODS))}; valid: {BASE_METHODS}")
+    methods = base + seg_methods
+    reg_settings = tuple(s.strip() for s in args.regularization.split(",") if s.strip())
+    if not reg_settings or set(reg_settings) - {"lam0", "lam"}:
+        raise ValueError(f"--regularization: expected lam0, lam or both, got {args.regularization!r}")
     results = {}
     cnn_idx = np.sort(np.random.default_rng(args.seed).choice(X.shape[0], size=min(args.cnn_train, X.shape[0]),
                                                               replace=False))
@@ -245,7 +270,7 @@ def main(argv=None):
             results[columns[net]] = run_network(
                 columns[net], model, p0, X, Y, X_val, Y_val, steps=args.mlp_steps, subset_size=args.mlp_subset,
                 lissa_depth=args.mlp_lissa_depth, lr_factor=args.lr_factor, seed=args.seed, log=log,
-                paper_lr=args.mlp_lr or None, methods=methods)
+                paper_lr=args.mlp_lr or None, methods=methods, settings=reg_settings)
         else:
             model = cnn(num_outputs=1)
             Xc, Xc_val = upsample(X[cnn_idx]), upsample(X_val)
@@ -269,7 +294,8 @@ def main(argv=None):
             results[columns[net]] = run_network(
                 columns[net], model, p0, Xc, Y[cnn_idx], Xc_val, Y_val, steps=args.cnn_steps,
                 subset_size=args.cnn_subset, lissa_depth=args.cnn_lissa_depth, lr_factor=args.lr_factor,
-                seed=args.seed, log=log, lissa_batch_size=min(args.cnn_lissa_batch, len(cnn_idx)), methods=methods)
+                seed=args.seed, log=log, lissa_batch_size=min(args.cnn_lissa_batch, len(cnn_idx)), methods=methods,
+                settings=reg_settings)
         order = [columns[s] for s in ("mlp", "cnn_scratch", "cnn_pretrained")]
         with open(os.path.join(args.out, "table1.md"), "w") as f:
             f.write("Pearson correlation with retraining (SI paper Table 1 layout)\n\n"
@@ -281,9 +307,15 @@ def main(argv=None):
     log("\nWall time [s]\n\n" + time_table(results, order, methods))
     figure(results, order, os.path.join(args.out, "table1.png"))
     summary = {c: {k: dict(lr=v["lr"], weight_decay=v["weight_decay"], steps=v["steps"], lmax=v["lmax"],
-                           train_err=v["train_err"], val_err=v["val_err"],
+                           train_err=v["train_err"], val_err=v["val_err"], retrain_seconds=v["retrain_seconds"],
                            brute_seconds=v["table"].brute_seconds, subset=v["table"].brute.indices.tolist(),
-                           rows={r.method: dict(pearson=r.pearson, spearman=r.spearman, seconds=r.seconds)
+                           truth={"weights": np.asarray(v["table"].brute.weight_change_sq).tolist(),
+                                  "predictions": np.asarray(v["table"].brute.prediction_change_sq).tolist()},
+                           rows={r.method: dict(pearson=r.pearson, spearman=r.spearman, seconds=r.seconds,
+                                                weights=np.asarray(r.estimates["weights"]).tolist()
+                                                if r.estimates.get("weights") is not None else None,
+                                                predictions=np.asarray(r.estimates["predictions"]).tolist()
+                                                if r.estimates.get("predictions") is not None else None)
                                  for r in v["table"].rows})
                    for k, v in res.items()} for c, res in results.items()}
     summary["total_seconds"] = total

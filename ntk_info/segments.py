@@ -293,7 +293,8 @@ def _validated(segment, index, shape):
 
 
 def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0, discrete=True,
-                            cross_features=None, solver="auto", chunk_size=None, progress=True) -> LOOResult:
+                            cross_features=None, solver="auto", chunk_size=None, progress=True,
+                            on_segment=None) -> LOOResult:
     """Exact LOO of the piecewise-linearized training run, recursion (1) of the module docstring.
 
     ``segments``: an iterable of :class:`Segment` (consumed one at a time, so it may be a generator
@@ -307,6 +308,9 @@ def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0
     weight_change_sq = ||δ_S||², self_prediction_change = Φ_{S-1,i} δ_S, train_prediction_change_sq
     = ||Φ_{S-1} δ_S||², prediction_change_sq = ||Φ_v δ_S||², fitted_residuals = r_{S-1} - Φ_{S-1} u
     (the last segment's full run); mode/basis/rank/solver of the last segment, steps = Σ t_s.
+    ``on_segment(s, segment, delta)``, if given, is called after each segment s with that
+    :class:`Segment` and δ_{s+1} as a numpy (n, p, q) array (diagnostics: where along training the
+    perturbation stops tracking retraining, ``experiments/segments_tracking.py``).
     Works in float64 whatever JAX's x64 flag says.
     """
     if solver not in SOLVERS:
@@ -320,10 +324,10 @@ def segmented_leave_one_out(segments: Sequence[Segment], *, lr, weight_decay=0.0
     if not (math.isfinite(lam) and lam >= 0):
         raise ValueError(f"weight_decay: expected a finite λ ≥ 0, got {weight_decay!r}")
     with enable_x64(True):
-        return _run(segments, lr, lam, bool(discrete), cross_features, solver, chunk_size, progress)
+        return _run(segments, lr, lam, bool(discrete), cross_features, solver, chunk_size, progress, on_segment)
 
 
-def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progress):
+def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progress, on_segment):
     shape = delta = v_model = None
     total_steps, solvers, one_d = 0, [], False
     basis = phi = R = c = None
@@ -388,6 +392,8 @@ def _run(segments, lr, lam, discrete, cross_features, solver, chunk_size, progre
         v_perp = v - U @ (U.T @ v)
         v_model = v + U @ (phi_s[:, None] * c) + (psi_lam - 1.0) * v_perp
         total_steps += t
+        if on_segment is not None:
+            on_segment(index, segment, np.asarray(delta))
     if delta is None:
         raise ValueError("segments: expected at least one Segment, got none")
     n, kb, p, q = shape
@@ -464,7 +470,7 @@ def _drift(phi, phi0):
 
 def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, steps, weight_decay=0.0,
                           segments, spacing="uniform", X_val=None, kernel="full", batch_size=None,
-                          first_features=None, solver="auto", progress=True):
+                          first_features=None, solver="auto", progress=True, on_segment=None):
     """Train the real network once, linearize at S = ``segments`` checkpoints, return (LOOResult, info).
 
     Training: ``steps`` full-batch GD steps of size ``lr``, sum loss, decay ``weight_decay`` toward
@@ -476,6 +482,7 @@ def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, 
     ``first_features``: Φ_0 already computed with ``projection`` (skips one pass). Φ_v of ``X_val``
     at w_{S-1}. info: checkpoints, per-checkpoint kernel drift ||K_s - K_0||/||K_0|| and
     λmax(K_s)/λmax(K_0) (also at the final weights w_S), stability margins η λmax/2, timings.
+    ``on_segment``: passed to :func:`segmented_leave_one_out`; info["weights"] then holds the checkpoints' params.
     """
     t0 = time.perf_counter()
     tau = checkpoint_steps(int(steps), segments, spacing)
@@ -514,7 +521,7 @@ def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, 
         cross = shaped(dataclasses.replace(projection, params=weights[-2]).features(
             X_val, batch_size=batch_size, progress=False).phi)
     loo = segmented_leave_one_out(generate(), lr=lr, weight_decay=weight_decay, discrete=True, cross_features=cross,
-                                  solver=solver, progress=progress)
+                                  solver=solver, progress=progress, on_segment=on_segment)
     t_loo = time.perf_counter()
     final = features_at(len(tau) - 1) if len(tau) > 1 else None
     d_final, lm_final = _drift(final.phi, phi0[0])
@@ -528,4 +535,6 @@ def segmented_network_loo(apply_fn: Callable, params0, X, Y, *, projection, lr, 
         "seconds_training": t_train - t0, "seconds_segments": t_loo - t_train,
         "seconds_final_features": time.perf_counter() - t_loo,
     }
+    if on_segment is not None:
+        info["weights"] = weights
     return loo, info

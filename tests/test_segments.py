@@ -100,6 +100,23 @@ def test_recursion_dual_independent_outputs_and_flow(solver):
         assert _rel(res.self_prediction_change, ref["self"]) < 1e-9
 
 
+def test_on_segment_reports_each_prefix_delta():
+    """The callback's δ_{s+1} after segment s is the final δ of the first s + 1 segments run alone
+    (checked through ||δ||² and the last segment's self-prediction change, against the unrolled reference)."""
+    rng = np.random.default_rng(5)
+    segs = _random_segments(rng, 6, (1, 5), [30, 70, 20], q=1)
+    seen = []
+    segmented_leave_one_out(segs, lr=0.02, weight_decay=0.1, progress=False,
+                            on_segment=lambda s, seg, delta: seen.append((s, seg.steps, delta)))
+    assert [(s, t) for s, t, _ in seen] == [(0, 30), (1, 70), (2, 20)]
+    for s, _, delta in seen:
+        ref = _unrolled(segs[:s + 1], 0.02, 0.1)
+        assert delta.shape == (6, 5, 1)
+        assert _rel(np.sum(delta ** 2, axis=(1, 2)), ref["weight"]) < 1e-9
+        last = np.asarray(segs[s].features).reshape(6, 5)
+        assert _rel(np.einsum("ip,ipq->iq", last, delta), ref["self"]) < 1e-9
+
+
 def test_one_segment_equals_leave_one_out():
     """S = 1 (no offset) is today's engine: every output, with and without weight decay."""
     rng = np.random.default_rng(3)

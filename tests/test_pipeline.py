@@ -15,7 +15,8 @@ from ntk_info.data import fgsm, load_dataset
 from ntk_info.evidence import VERDICTS
 from ntk_info.features import ntk_lambda_max
 from ntk_info.models import get_model, init_params
-from ntk_info.scorer import TRACE_ROWS_THRESHOLD, kernel_for, score, score_features, trace_features
+from ntk_info.scorer import (STREAM_SAMPLES_THRESHOLD, TRACE_ROWS_THRESHOLD, kernel_for, score, score_features,
+                             trace_features)
 
 SMALL = dict(n_train=40, width=16, steps=20, coords_per_layer=100, trust_samples=0)
 
@@ -56,7 +57,9 @@ def test_damping_counts_weight_decay_once():
 def test_trace_kernel_decision_and_features():
     assert kernel_for(TRACE_ROWS_THRESHOLD // 2, 2) == "full"
     assert kernel_for(TRACE_ROWS_THRESHOLD // 2 + 1, 2) == "trace"
-    assert kernel_for(10 * TRACE_ROWS_THRESHOLD, 1) == "full"
+    assert kernel_for(STREAM_SAMPLES_THRESHOLD, 1) == "full"  # one output: no trace kernel, ...
+    assert kernel_for(STREAM_SAMPLES_THRESHOLD + 1, 1) == "streamed"  # ... and features streamed beyond the limit
+    assert kernel_for(STREAM_SAMPLES_THRESHOLD + 1, 3) == "streamed"
     assert kernel_for(10, 3, "trace") == "trace"
     with pytest.raises(ValueError, match="kernel: expected one of"):
         kernel_for(10, 3, "diag")

@@ -279,12 +279,13 @@ def _score_streamed(apply_fn, params, X, Y, X_val, Y_val, *, lr, steps, weight_d
 
     projection = projected_features(apply_fn, params, X[:1], coords_per_layer=coords_per_layer, seed=seed,
                                     method=method, progress=False).projection
+    batch_size = batch_size or 512
     loo = streamed_leave_one_out(projection, X, Y, X_val, lr=lr, steps=steps, weight_decay=weight_decay,
-                                 discrete=discrete, batch_size=batch_size or 512, progress=progress)
+                                 discrete=discrete, batch_size=batch_size, progress=progress)
     result = score_features(None, loo.outputs, Y, lr=lr, steps=steps, weight_decay=weight_decay, discrete=discrete,
                             kernel=kernel, sigma=sigma, sgd_batch_size=sgd_batch_size, loo=loo,
                             kernel_diagonal=loo.kernel_diagonal)
-    settings = {**projection.settings(), "feature_batch_size": batch_size or 512, **result.settings, **settings,
+    settings = {**projection.settings(), "feature_batch_size": batch_size, **result.settings, **settings,
                 "seconds_streamed": loo.seconds, "seconds_total": time.perf_counter() - t_start}
     return _with_trust(dataclasses.replace(result, settings=settings, projection=projection), apply_fn, params, X, Y,
                        X_val, Y_val, lr=lr, steps=steps, weight_decay=weight_decay, seed=seed, progress=progress,

@@ -234,6 +234,7 @@ def test_streamed_kernel_scores_and_refuses_iterative_rescoring():
     full = Pipeline(PipelineConfig(data="digits", **{**SMALL, "classes": ("3", "5", "8"), "kernel": "full",
                                                      "projection": "subsample"}), data, progress=False).score()
     assert streamed.settings["kernel"] == "streamed"
+    assert "streamed" in pipe.settings()["kernel_meaning"]  # what the CLI prints and writes to settings.json
     np.testing.assert_allclose(streamed.fsi, full.fsi, rtol=1e-7)
     with pytest.raises(ConfigError, match="drop --iterative"):
         pipe.rescorer("fsi")

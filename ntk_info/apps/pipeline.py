@@ -634,7 +634,8 @@ class Pipeline:
                 "coords_per_layer": c.coords_per_layer, "projection": c.projection,
                 "kernel": self.kernel, "kernel_requested": c.kernel,
                 "kernel_meaning": {"full": "full NTK, (n*k) x (n*k)",
-                                   "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel"
+                                   "trace": "output-averaged (trace) NTK, the k outputs share one n x n kernel",
+                                   "streamed": "full NTK, (n*k) x (n*k), features streamed in batches (never stored)"
                                    }[self.kernel],
                 "seed": c.seed, **self.start, "warnings": list(self.warnings), "linearize": c.linearize,
                 **self.linearize_settings, "trust_samples": c.trust_samples,

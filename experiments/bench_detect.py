@@ -24,6 +24,12 @@ Methods (higher = more suspicious; "seconds" is the time of everything the score
   cleanlab_on_head_loo   cleanlab.rank.get_label_quality_scores on the head_* LOO probabilities
   pool_loo_prob    −mean over the points (init, trained, head; trained and head when memorized) of the LOO
                    log-probability of the given label (apps.detect.pooled_loo_log_prob); seconds: all points
+  crossfit_*       ntk_info.crossfit: 5 networks (Adam, cross-entropy, early stopping), each trained without one
+                   fold; every sample left out of the linearized network that never saw it (t = ∞, λ per fold
+                   by the held-out fold's LOO likelihood, λ = ∞ = the out-of-fold prediction); *_loo_prob, *_margin
+  pool_crossfit    −mean LOO log-probability over init, trained, head and crossfit (trained, head, crossfit when
+                   memorized); pool_crossfit_trained: trained, head, crossfit; pool_init_crossfit: init and
+                   crossfit (what `ntk-info detect`'s "pooled" computes at its default --linearize init)
 Wall times are on whatever CPU this runs on; with other jobs on the machine compare ratios only.
 """
 from __future__ import annotations
@@ -45,6 +51,7 @@ jax.config.update("jax_enable_x64", True)
 from ntk_info import data as data_mod  # noqa: E402
 from ntk_info import score  # noqa: E402
 from ntk_info.apps import detect  # noqa: E402
+from ntk_info.crossfit import crossfit_leave_one_out  # noqa: E402
 from ntk_info.features import ntk_lambda_max  # noqa: E402
 from ntk_info.linearize import linearization_point, score_at, train_adam  # noqa: E402
 from ntk_info.models import init_params, mlp  # noqa: E402
@@ -186,6 +193,24 @@ def run_config(name, X, y_true, labels, X_val, y_val, X_test, y_test, C, seed, *
     seconds["pool_loo_prob"] = pooled_seconds + time.perf_counter() - t
 
     t = time.perf_counter()
+    cf = crossfit_leave_one_out(model.apply_fn, params0, X, labels, X_val, y_val, num_classes=C, seed=seed,
+                                train_options=dict(patience=None, max_epochs=800, lr=1e-2) if memorize else None)
+    cf_scores = detect.loo_output_scores(cf.loo_outputs, labels)
+    dt = time.perf_counter() - t
+    scores["crossfit_loo_prob"] = -cf_scores["loo_log_prob_given"]
+    scores["crossfit_loo_margin"] = -cf_scores["loo_margin"]
+    seconds["crossfit_loo_prob"] = seconds["crossfit_loo_margin"] = dt
+    info["crossfit_weight_decay"] = cf.settings["weight_decay_per_fold"]
+    logp = [detect.loo_detection_scores(r, labels)["loo_log_prob_given"] for r in pooled]
+    scores["pool_crossfit"] = -np.mean(logp + [cf_scores["loo_log_prob_given"]], axis=0)
+    seconds["pool_crossfit"] = pooled_seconds + dt
+    scores["pool_crossfit_trained"] = -np.mean(logp[-2:] + [cf_scores["loo_log_prob_given"]], axis=0)
+    seconds["pool_crossfit_trained"] = pooled_seconds - seconds.get("init_si", 0.0) + dt
+    if not memorize:
+        scores["pool_init_crossfit"] = -np.mean([logp[0], cf_scores["loo_log_prob_given"]], axis=0)
+        seconds["pool_init_crossfit"] = seconds["init_si"] + dt
+
+    t = time.perf_counter()
     infl, mpe = detect.influence_and_mpe(model.apply_fn, trained.params, X, Y, weight_decay=0.0, damping=lam_trained,
                                          seed=seed)
     scores["influence"], scores["mpe"] = infl, mpe
@@ -240,7 +265,7 @@ def summarize(rows):
         for r in agg:
             lines.append(f"{r['method']:24s} {r['auroc']:7.4f} {r['ap']:7.4f} {r['found_top10']:7.3f} "
                          f"{r['seconds']:8.1f}")
-        ours = [r for r in agg if r["method"].split("_")[0] in ("init", "trained", "head", "pool")]
+        ours = [r for r in agg if r["method"].split("_")[0] in ("init", "trained", "head", "pool", "crossfit")]
         base = [r for r in agg if r["method"] == "cleanlab"]
         if ours and base:
             best_auc = max(ours, key=lambda r: r["auroc"])
@@ -265,6 +290,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="1 seed, digits + tabular-hard, FGSM table")
     parser.add_argument("--datasets", help="comma-separated subset of digits,breast-cancer,tabular-hard,digits-corrupt")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 1 quick, 3 full)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from here (to split seeds over processes)")
     parser.add_argument("--runs", default="uniform,class-conditional,memorized,adversarial",
                         help="which runs (comma-separated): uniform, class-conditional, memorized (digits), "
                              "adversarial (FGSM on digits); e.g. to split the work over processes")
@@ -274,7 +300,7 @@ def main(argv=None):
     datasets = (args.datasets.split(",") if args.datasets else
                 ["digits", "tabular-hard"] if args.quick else ["digits", "breast-cancer", "tabular-hard",
                                                                "digits-corrupt"])
-    seeds = range(args.seeds or (1 if args.quick else 3))
+    seeds = range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 3)))
     wanted = set(args.runs.split(","))
     n_train = args.n_train or (600 if args.quick else None)
     rows, infos = [], []

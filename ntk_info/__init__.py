@@ -46,8 +46,8 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (``ntk_info.influence.influence_exact``), imported on first use.
-_SUBMODULES = ("influence", "mpe", "brute", "streaming", "distributed", "segments", "linearize", "models",
-               "training", "data", "features")
+_SUBMODULES = ("influence", "mpe", "brute", "streaming", "distributed", "segments", "linearize", "crossfit",
+               "models", "training", "data", "features")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -65,7 +65,8 @@ PARTIAL = ".ntk-info-partial-"
 # files and folders a run may write (checked against the user's own files before any work)
 RESULT_NAMES = ("scores.csv", "split.csv", "detection.csv", "clean.csv", "summarize.csv", "sources.csv", "compare.csv",
                 "settings.json", "inputs.npz", "report.html", "figures", MANIFEST)
-DETECT_METHODS = ("fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence", "mpe", "train_loss", "cleanlab")
+DETECT_METHODS = ("fsi", "si", "loo_residual", "loo_margin", "loo_prob", "crossfit", "pooled", "influence",
+                  "mpe", "train_loss", "cleanlab")
 
 
 class CLIError(Exception):
@@ -464,7 +465,7 @@ def _score_cmd(args, stages):
 def _detection_scores(run, result, methods):
     """Every requested detector's per-sample scores (higher = more suspicious)."""
     from ntk_info.apps import detect
-    from ntk_info.apps.pipeline import base_scores
+    from ntk_info.apps.pipeline import ConfigError, base_scores
 
     pipe = run.pipe
     out = base_scores(result, [m for m in methods if m in ("fsi", "si", "loo_residual")])
@@ -473,6 +474,15 @@ def _detection_scores(run, result, methods):
         out["loo_margin"] = -loo["loo_margin"]
     if "loo_prob" in methods:
         out["loo_prob"] = -loo["loo_prob_given"]
+    if {"crossfit", "pooled"} & set(methods):
+        try:
+            cross = detect.loo_output_scores(pipe.crossfit().loo_outputs, run.data.labels)["loo_log_prob_given"]
+        except ConfigError as err:
+            raise _option_error(err) from None
+        if "crossfit" in methods:
+            out["crossfit"] = -cross
+        if "pooled" in methods:
+            out["pooled"] = -detect.pooled_log_prob([loo["loo_log_prob_given"], cross])
     params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
         out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)
@@ -523,11 +533,23 @@ def _detect(run, methods):
         r["bad"] = bad_name
     print(f"detect ({bad_name}, {int(is_bad.sum())} of {len(is_bad)} samples):")
     print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
-    extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob")}
+    extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob",
+                                                          "crossfit", "pooled")}
     loo = detect.loo_detection_scores(result, run.data.labels)  # the whole LOO prediction, always in scores.csv
     extra.update(loo_margin=loo["loo_margin"], loo_prob_given=loo["loo_prob_given"],
                  suggested_label=run.data.label_text(loo["suggested_label"]))
     extra_settings["loo_temperature"] = loo["loo_temperature"]
+    if pipe.crossfit_result is not None:
+        cross = detect.loo_output_scores(pipe.crossfit_result.loo_outputs, run.data.labels)
+        extra.update(crossfit_log_prob_given=cross["loo_log_prob_given"],
+                     crossfit_suggested_label=run.data.label_text(cross["suggested_label"]),
+                     crossfit_fold=pipe.crossfit_result.fold)
+        if "pooled" in scores:
+            extra["pooled_log_prob_given"] = -scores["pooled"]
+        extra_settings["crossfit"] = {**pipe.crossfit_result.settings, "loo_temperature": cross["loo_temperature"],
+                                      "pooled": "mean of the LOO log-probabilities of the given label at the "
+                                                f"scored point (--linearize {pipe.config.linearize}) and the "
+                                                "cross-fitted point"}
     if run.args.clean != "none":
         extra_settings["clean"], run.cleaned = _clean(run, loo)
     if bad_name == "is_adversarial":
@@ -898,7 +920,10 @@ def _summarize_options(parser):
 def _detect_options(parser):
     g = parser.add_argument_group("detection")
     g.add_argument("--methods", default=",".join(DETECT_METHODS), help=f"detectors (default: all: "
-                   f"{','.join(DETECT_METHODS)})")
+                   f"{','.join(DETECT_METHODS)}). crossfit: the LOO probability of the given label on the network "
+                   "linearized where it never saw the sample (5 networks trained with Adam, cross-entropy and early "
+                   "stopping, each without one fold; ntk_info.crossfit); pooled: its log-probability averaged with "
+                   "loo_prob's, the best detector on experiments/bench_detect.py's harder data sets")
     g.add_argument("--clean", default="none", choices=("none", "remove", "relabel"),
                    help="after detection: remove the samples whose LOO margin is negative (the network trained "
                         "without them predicts another class) or relabel them to that class, retrain, and report "

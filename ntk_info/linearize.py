@@ -38,6 +38,7 @@ __all__ = ["TrainedNetwork", "train_adam", "LINEARIZATIONS", "LinearizationPoint
            "pretrain_other_classes", "ridge_by_loo", "grid_edge", "score_at"]
 
 LINEARIZATIONS = ("init", "trained", "trained-head", "pretrained")
+TRAINING_LOSSES = ("mse", "cross-entropy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,11 @@ def _margins(out, labels):
 
 def train_adam(apply_fn: Callable, params0, X, Y, X_val, Y_val, *, lr: float = 1e-3, batch_size: int = 64,
                max_epochs: int = 300, patience: int = 20, weight_decay: float = 0.0, seed: int = 0,
-               min_epochs: int = 1) -> TrainedNetwork:
-    """Train on the mean loss (1/n)Σ_i ½||f(x_i) - y_i||² + (λ/2)||w||² with Adam, keep the best epoch.
+               min_epochs: int = 1, loss: str = "mse") -> TrainedNetwork:
+    """Train on the mean loss (1/n)Σ_i ℓ(f(x_i), y_i) + (λ/2)||w||² with Adam, keep the best epoch.
+
+    ``loss``: "mse", ℓ = ½||f - y||²; "cross-entropy", ℓ = -Σ_c y_c log softmax(f)_c (targets are class
+    probabilities, e.g. one-hot rows), the loss classifiers are usually trained with.
 
     Adam (``optax.adamw`` with decoupled weight decay λ = ``weight_decay`` toward zero, lr ``lr``) on
     minibatches of ``batch_size`` drawn as a fresh permutation every epoch (``seed``). After every
@@ -97,15 +101,25 @@ def train_adam(apply_fn: Callable, params0, X, Y, X_val, Y_val, *, lr: float = 1
         raise ValueError(f"max_epochs: expected an integer >= 1, got {max_epochs!r}")
     if patience is not None and not (isinstance(patience, (int, np.integer)) and patience >= 1):
         raise ValueError(f"patience: expected None (no early stopping) or an integer >= 1, got {patience!r}")
+    if loss not in TRAINING_LOSSES:
+        raise ValueError(f"loss: expected one of {TRAINING_LOSSES}, got {loss!r}")
+    if loss == "cross-entropy" and not (Y.ndim == 2 and jnp.all(Y >= 0) and jnp.allclose(Y.sum(axis=1), 1.0)):
+        raise ValueError("loss='cross-entropy': expected Y of shape (n, classes) whose rows are class "
+                         "probabilities (e.g. one-hot targets), got other values")
     batch_size = int(min(batch_size, n))
     steps_per_epoch = n // batch_size
     optimizer = optax.adamw(lr, weight_decay=weight_decay) if weight_decay > 0 else optax.adam(lr)
     onehot = bool(Y.ndim == 2 and jnp.all((Y == 0) | (Y == 1)) and jnp.all(Y.sum(axis=1) == 1))
     labels = jnp.argmax(Y, axis=1) if onehot else None
 
+    def per_sample_loss(out, yb):
+        out, yb = out.reshape(yb.shape[0], -1), yb.reshape(yb.shape[0], -1)
+        if loss == "cross-entropy":
+            return -jnp.sum(yb * jax.nn.log_softmax(out, axis=1), axis=1)
+        return 0.5 * jnp.sum((out - yb) ** 2, axis=1)
+
     def batch_loss(params, xb, yb):
-        res = (apply_fn(params, xb) - yb).reshape(xb.shape[0], -1)
-        return 0.5 * jnp.mean(jnp.sum(res ** 2, axis=1))
+        return jnp.mean(per_sample_loss(apply_fn(params, xb), yb))
 
     @jax.jit
     def epoch(params, opt_state, key):
@@ -119,7 +133,7 @@ def train_adam(apply_fn: Callable, params0, X, Y, X_val, Y_val, *, lr: float = 1
 
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), order)
         out = apply_fn(params, X).reshape(n, -1)
-        train_loss = 0.5 * jnp.mean(jnp.sum((out - Y.reshape(n, -1)) ** 2, axis=1))
+        train_loss = jnp.mean(per_sample_loss(out, Y))
         margin = _margins(out, labels) if onehot else jnp.zeros(n)
         return params, opt_state, train_loss, batch_loss(params, X_val, Y_val), margin
 
@@ -142,7 +156,7 @@ def train_adam(apply_fn: Callable, params0, X, Y, X_val, Y_val, *, lr: float = 1
     epochs = len(train_hist)
     settings = {"optimizer": "adam" if weight_decay == 0 else "adamw", "adam_lr": lr, "batch_size": batch_size,
                 "max_epochs": max_epochs, "patience": patience, "adam_weight_decay": weight_decay,
-                "loss": "mean squared error on targets", "seed": seed, "best_epoch": best[1], "epochs": epochs,
+                "loss": loss, "seed": seed, "best_epoch": best[1], "epochs": epochs,
                 "early_stopping": "validation loss" if patience is not None else "none (last epoch)"}
     return TrainedNetwork(params=best[2], best_epoch=best[1], epochs=epochs, train_loss=np.asarray(train_hist),
                           val_loss=np.asarray(val_hist), aum=margin_sum / epochs if onehot else None,

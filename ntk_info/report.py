@@ -48,6 +48,8 @@ SCORE_LABELS = {
     "si": "SI (weights, isotropic)",
     "si_langevin": "SI (weights, SGD/Langevin)",
     "loo_residual": "exact LOO residual ||Y_i - f_-i(x_i)||",
+    "crossfit": "LOO log-prob., cross-fitted point (-)",
+    "pooled": "LOO log-prob., pooled with cross-fitted (-)",
     "influence": "influence self-score",
     "mpe": "MPE sensitivity (logit space)",
     "train_loss": "training loss",
@@ -523,7 +525,8 @@ def _key_findings(out_dir, found, settings=None):
                 f"(AUROC {float(best['auroc']):.3f}, "
                 f"average precision {float(best['ap']):.3f}; inspecting its top 10% finds "
                 f"{100 * float(best['found_top10']):.0f}% of them).")
-        ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob")]
+        ours = [r for r in rows if r["method"] in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob", "crossfit",
+                                                   "pooled")]
         outside = {r["method"]: r for r in rows}.get("cleanlab")
         if ours and outside:
             top = max(ours, key=lambda r: float(r["auroc"]))

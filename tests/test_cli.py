@@ -55,12 +55,19 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert f"trust: {trust['verdict'].upper()} (spot check F-SI Pearson" in stdout and "on 12 retrainings" in stdout
     assert "trust check (12 retrainings)" in err
     detection = read_csv(os.path.join(out, "detection.csv"))
-    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "loo_margin", "loo_prob", "influence",
-                                                "mpe", "train_loss", "cleanlab"}
+    assert {r["method"] for r in detection} == {"fsi", "si", "loo_residual", "loo_margin", "loo_prob", "crossfit",
+                                                "pooled", "influence", "mpe", "train_loss", "cleanlab"}
     scores = read_csv(os.path.join(out, "scores.csv"))
     assert len(scores) == 60 and sum(r["is_noisy"] for r in scores) == 6
     is_noisy = np.array([r["is_noisy"] for r in scores])
     columns = {name: np.array([s[name] for s in scores]) for name in scores[0]}
+    # pooled = mean of the scored point's and the cross-fitted point's LOO log-probabilities of the given label
+    unsaturated = columns["loo_prob_given"] > 1e-300
+    np.testing.assert_allclose(columns["pooled_log_prob_given"][unsaturated],
+                               0.5 * (np.log(columns["loo_prob_given"]) + columns["crossfit_log_prob_given"])[
+                                   unsaturated], rtol=1e-9, atol=1e-12)
+    settings = json.load(open(os.path.join(out, "settings.json")))
+    assert settings["crossfit"]["folds"] == len(set(columns["crossfit_fold"])) >= 2
     for r in detection:  # detection.csv is the AUROC of the scores.csv column against the flipped labels
         column = suspicion_from_columns(columns, r["method"])
         assert r["auroc"] == pytest.approx(roc_auc_score(is_noisy, column), abs=1e-12)
@@ -68,7 +75,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     flagged = sorted(int(r["index"]) for r in scores if r["loo_margin"] < 0)
     clean_rows = read_csv(os.path.join(out, "clean.csv"))
     assert sorted(int(r["index"]) for r in clean_rows) == flagged and {r["action"] for r in clean_rows} == {"remove"}
-    settings = json.load(open(os.path.join(out, "settings.json")))
     assert settings["clean"]["n_flagged"] == len(flagged) and settings["clean"]["n_kept"] == 60 - len(flagged)
     assert settings["clean"]["wrong_labels_after"] == sum(r["is_noisy"] for r in scores if r["loo_margin"] >= 0)
     assert settings["summarize_on"]["n_train"] == 60 - len(flagged)

@@ -8,6 +8,8 @@ and 20 % of the ranking. Candidate scores (all from the same split):
 - ``loo_residual``: ||Y_i - f_{-i}(x_i)||, the exact leave-one-out residual of the linearized network,
 - ``influence``: GNH influence self-score ∇ℓ_iᵀH⁻¹∇ℓ_i at the trained weights (PBRF paper eq. 6),
 - ``mpe``: memory-perturbation sensitivity in logit space (MPE paper eq. 16),
+- ``crossfit``: the LOO log-probability of the given label at the cross-fitted point (``ntk_info.crossfit``:
+  each sample left out of the linearized network trained without its fold),
 - ``pooled_loo_log_prob``: the LOO log-probability of the given label averaged over several linearization
   points (init, trained, trained-head): log-linear pooling of the left-out models,
 - ``train_loss``: ½||f(x_i) - y_i||² of the trained network (weak: the network memorizes wrong labels),
@@ -21,7 +23,7 @@ import math
 import numpy as np
 
 __all__ = ["SUSPICION_COLUMNS", "suspicion_from_columns", "detection_metrics", "found_fraction", "cleanlab_scores", "training_loss", "influence_and_mpe",
-           "loo_detection_scores", "pooled_loo_log_prob"]
+           "loo_detection_scores", "loo_output_scores", "pooled_loo_log_prob", "pooled_log_prob"]
 
 
 def found_fraction(scores, is_bad, inspect: float) -> float:
@@ -122,7 +124,8 @@ def cleanlab_scores(X, labels, *, num_classes: int, hidden: int = 256, folds: in
 
 # Detectors whose scores.csv column means "higher = cleaner": that column and the sign that turns it into a
 # suspicion score (higher = more suspicious), as detection.csv's AUROC uses it.
-SUSPICION_COLUMNS = {"loo_margin": ("loo_margin", -1.0), "loo_prob": ("loo_prob_given", -1.0)}
+SUSPICION_COLUMNS = {"loo_margin": ("loo_margin", -1.0), "loo_prob": ("loo_prob_given", -1.0),
+                     "crossfit": ("crossfit_log_prob_given", -1.0), "pooled": ("pooled_log_prob_given", -1.0)}
 
 
 def suspicion_from_columns(columns: dict, method: str):
@@ -140,14 +143,21 @@ def loo_detection_scores(result, labels) -> dict:
     confident-learning per-class thresholds flag the sample) and, as floats, ``loo_temperature``. The
     targets must be one-hot rows (``targets="onehot"`` or ``ntk_info.training.targets``).
     """
-    from ntk_info import scores
-
     labels = np.asarray(labels)
     fitted = np.asarray(result.loo_residuals)
     if fitted.ndim != 2 or fitted.shape[0] != labels.shape[0]:
         raise ValueError(f"result: expected loo_residuals of shape ({labels.shape[0]}, k) for {labels.shape[0]} "
                          f"labels, got {fitted.shape}")
-    loo_outputs = np.eye(fitted.shape[1])[labels] - fitted
+    return loo_output_scores(np.eye(fitted.shape[1])[labels] - fitted, labels)
+
+
+def loo_output_scores(loo_outputs, labels) -> dict:
+    """The detection scores of :func:`loo_detection_scores` from left-out outputs f_{-i}(x_i) (n, k) directly
+    (e.g. ``ntk_info.crossfit.CrossFitResult.loo_outputs``)."""
+    from ntk_info import scores
+
+    labels = np.asarray(labels)
+    loo_outputs = np.asarray(loo_outputs, dtype=np.float64)
     temperature = scores.loo_temperature(loo_outputs, labels)
     probs = scores.loo_probabilities(loo_outputs, temperature=temperature)
     return {"loo_margin": scores.loo_margin(loo_outputs, labels),
@@ -166,4 +176,14 @@ def pooled_loo_log_prob(results, labels) -> np.ndarray:
     trained without it agrees with its label. Low = suspicious."""
     if not results:
         raise ValueError("results: expected at least one ScoreResult (one per linearization point), got none")
-    return np.mean([loo_detection_scores(r, labels)["loo_log_prob_given"] for r in results], axis=0)
+    return pooled_log_prob([loo_detection_scores(r, labels)["loo_log_prob_given"] for r in results])
+
+
+def pooled_log_prob(log_probs) -> np.ndarray:
+    """(1/P) Σ_p log P^{(p)}_{-i}(y_i | x_i) of P arrays of left-out log-probabilities of the given labels
+    (e.g. :func:`loo_output_scores` of the scored point and of ``ntk_info.crossfit``). Low = suspicious."""
+    log_probs = [np.asarray(lp, dtype=np.float64) for lp in log_probs]
+    if not log_probs or any(lp.ndim != 1 or lp.shape != log_probs[0].shape for lp in log_probs):
+        raise ValueError(f"log_probs: expected one or more (n,) arrays of the same n, got shapes "
+                         f"{[lp.shape for lp in log_probs]}")
+    return np.mean(log_probs, axis=0)

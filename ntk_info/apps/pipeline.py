@@ -372,6 +372,7 @@ class Pipeline:
         self.kernel = kernel_for(self.X.shape[0], self.Y.shape[1], config.kernel)
         self._trained = None
         self._point = None  # linearization point for config.linearize != "init" (cached)
+        self._crossfit = None  # cross-fitted LOO (cached)
         self.linearize_settings = {}
         self.trust = None
 
@@ -397,7 +398,7 @@ class Pipeline:
                                           allow=new.config.allow_unstable_lr)
         new.damping = influence_damping(new.lr, new.config.steps, new.config.weight_decay)
         new.kernel = kernel_for(new.X.shape[0], new.Y.shape[1], new.config.kernel)
-        new._trained, new._point, new.linearize_settings, new.trust = None, None, {}, None
+        new._trained, new._point, new._crossfit, new.linearize_settings, new.trust = None, None, None, {}, None
         return new
 
     def _build(self, name, width, seed, num_outputs=None):
@@ -477,7 +478,7 @@ class Pipeline:
     def replace_inputs(self, X) -> None:
         """Train and score on ``X`` instead (e.g. with adversarial examples); forgets the trained network."""
         self.X = np.asarray(X)
-        self._trained = None
+        self._trained = self._crossfit = None
 
     def trained(self):
         """The real network after ``steps`` full-batch GD steps on (X, Y) (``ntk_info.training.train``), cached."""
@@ -533,6 +534,34 @@ class Pipeline:
                                                   targets(self.data.y_val, self.data.num_classes), model=self.model,
                                                   train_options={"seed": c.seed}, head_seed=c.seed + 1)
         return self._point
+
+    @property
+    def crossfit_result(self):
+        """The cached cross-fitted LOO (:meth:`crossfit`), None before it ran."""
+        return self._crossfit
+
+    def crossfit(self, folds: int = 5):
+        """``ntk_info.crossfit.crossfit_leave_one_out`` of the training set, cached: ``folds`` networks (fewer
+        when a class has fewer samples; at least 2) trained with Adam (cross-entropy, early stopping on the
+        validation half) without one fold each, every sample left out exactly of the linearized network
+        that never saw it. Raises ConfigError when a class has a single sample (no fold can hold it out)."""
+        from ntk_info.crossfit import crossfit_leave_one_out
+
+        if self._crossfit is None:
+            c = self.config
+            labels = np.asarray(self.data.labels)
+            counts = np.bincount(labels, minlength=self.data.num_classes)
+            folds = int(min(folds, counts.min()))
+            if folds < 2:
+                rare = self.data.label_text(np.flatnonzero(counts < 2))
+                raise ConfigError("methods", f"cross-fitting needs at least 2 training samples of every class; "
+                                             f"class(es) {', '.join(map(str, rare))} have fewer: drop crossfit and "
+                                             "pooled from --methods, or use more data")
+            with self.stage(f"cross-fit ({folds} networks)"):
+                self._crossfit = crossfit_leave_one_out(
+                    self.model.apply_fn, self.params0, self.X, labels, self.data.X_val, self.data.y_val,
+                    num_classes=self.data.num_classes, folds=folds, seed=c.seed, progress=self.progress)
+        return self._crossfit
 
     def _score_linearized(self):
         """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or

@@ -28,8 +28,8 @@ Methods (higher = more suspicious; "seconds" is the time of everything the score
                    fold; every sample left out of the linearized network that never saw it (t = ∞, λ per fold
                    by the held-out fold's LOO likelihood, λ = ∞ = the out-of-fold prediction); *_loo_prob, *_margin
   pool_crossfit    −mean LOO log-probability over init, trained, head and crossfit (trained, head, crossfit when
-                   memorized); pool_crossfit_trained: trained, head, crossfit; pool_init_crossfit: init and
-                   crossfit (what `ntk-info detect`'s "pooled" computes at its default --linearize init)
+                   memorized); pool_crossfit_trained: trained, head, crossfit (what `ntk-info detect`'s
+                   "pooled" computes); pool_init_crossfit: init and crossfit
 Wall times are on whatever CPU this runs on; with other jobs on the machine compare ratios only.
 """
 from __future__ import annotations

@@ -482,7 +482,9 @@ def _detection_scores(run, result, methods):
         if "crossfit" in methods:
             out["crossfit"] = -cross
         if "pooled" in methods:
-            out["pooled"] = -detect.pooled_log_prob([loo["loo_log_prob_given"], cross])
+            points = [detect.loo_detection_scores(r, run.data.labels)["loo_log_prob_given"]
+                      for r in pipe.trained_points()]
+            out["pooled"] = -detect.pooled_log_prob([*points, cross])
     params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
         out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)
@@ -544,12 +546,17 @@ def _detect(run, methods):
         extra.update(crossfit_log_prob_given=cross["loo_log_prob_given"],
                      crossfit_suggested_label=run.data.label_text(cross["suggested_label"]),
                      crossfit_fold=pipe.crossfit_result.fold)
-        if "pooled" in scores:
-            extra["pooled_log_prob_given"] = -scores["pooled"]
-        extra_settings["crossfit"] = {**pipe.crossfit_result.settings, "loo_temperature": cross["loo_temperature"],
-                                      "pooled": "mean of the LOO log-probabilities of the given label at the "
-                                                f"scored point (--linearize {pipe.config.linearize}) and the "
-                                                "cross-fitted point"}
+        extra_settings["crossfit"] = {**pipe.crossfit_result.settings, "loo_temperature": cross["loo_temperature"]}
+    if "pooled" in scores:
+        trained, head = (detect.loo_detection_scores(r, run.data.labels)["loo_log_prob_given"]
+                         for r in pipe.trained_points())
+        extra.update(trained_log_prob_given=trained, trained_head_log_prob_given=head,
+                     pooled_log_prob_given=-scores["pooled"])
+        extra_settings["pooled"] = {
+            "rule": "mean of the LOO log-probabilities of the given label at the trained, trained-head and "
+                    "cross-fitted points (whatever --linearize scores)",
+            "weight_decay_trained": pipe.trained_points()[0].settings["weight_decay"],
+            "weight_decay_trained_head": pipe.trained_points()[1].settings["weight_decay"]}
     if run.args.clean != "none":
         extra_settings["clean"], run.cleaned = _clean(run, loo)
     if bad_name == "is_adversarial":
@@ -922,8 +929,9 @@ def _detect_options(parser):
     g.add_argument("--methods", default=",".join(DETECT_METHODS), help=f"detectors (default: all: "
                    f"{','.join(DETECT_METHODS)}). crossfit: the LOO probability of the given label on the network "
                    "linearized where it never saw the sample (5 networks trained with Adam, cross-entropy and early "
-                   "stopping, each without one fold; ntk_info.crossfit); pooled: its log-probability averaged with "
-                   "loo_prob's, the best detector on experiments/bench_detect.py's harder data sets")
+                   "stopping, each without one fold; ntk_info.crossfit); pooled: its LOO log-probability averaged with "
+                   "those at the trained and trained-head points (at or above cleanlab on every data set of "
+                   "experiments/bench_detect.py)")
     g.add_argument("--clean", default="none", choices=("none", "remove", "relabel"),
                    help="after detection: remove the samples whose LOO margin is negative (the network trained "
                         "without them predicts another class) or relabel them to that class, retrain, and report "

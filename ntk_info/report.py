@@ -49,7 +49,7 @@ SCORE_LABELS = {
     "si_langevin": "SI (weights, SGD/Langevin)",
     "loo_residual": "exact LOO residual ||Y_i - f_-i(x_i)||",
     "crossfit": "LOO log-prob., cross-fitted point (-)",
-    "pooled": "LOO log-prob., pooled with cross-fitted (-)",
+    "pooled": "LOO log-prob., pooled: trained, trained-head, cross-fitted (-)",
     "influence": "influence self-score",
     "mpe": "MPE sensitivity (logit space)",
     "train_loss": "training loss",

@@ -61,13 +61,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(scores) == 60 and sum(r["is_noisy"] for r in scores) == 6
     is_noisy = np.array([r["is_noisy"] for r in scores])
     columns = {name: np.array([s[name] for s in scores]) for name in scores[0]}
-    # pooled = mean of the scored point's and the cross-fitted point's LOO log-probabilities of the given label
-    unsaturated = columns["loo_prob_given"] > 1e-300
-    np.testing.assert_allclose(columns["pooled_log_prob_given"][unsaturated],
-                               0.5 * (np.log(columns["loo_prob_given"]) + columns["crossfit_log_prob_given"])[
-                                   unsaturated], rtol=1e-9, atol=1e-12)
+    # pooled = mean of the trained, trained-head and cross-fitted points' LOO log-probabilities of the given label
+    np.testing.assert_allclose(columns["pooled_log_prob_given"],
+                               (columns["trained_log_prob_given"] + columns["trained_head_log_prob_given"]
+                                + columns["crossfit_log_prob_given"]) / 3, rtol=1e-9, atol=1e-12)
     settings = json.load(open(os.path.join(out, "settings.json")))
     assert settings["crossfit"]["folds"] == len(set(columns["crossfit_fold"])) >= 2
+    assert settings["pooled"]["weight_decay_trained"] > 0
     for r in detection:  # detection.csv is the AUROC of the scores.csv column against the flipped labels
         column = suspicion_from_columns(columns, r["method"])
         assert r["auroc"] == pytest.approx(roc_auc_score(is_noisy, column), abs=1e-12)

@@ -373,6 +373,7 @@ class Pipeline:
         self._trained = None
         self._point = None  # linearization point for config.linearize != "init" (cached)
         self._crossfit = None  # cross-fitted LOO (cached)
+        self._trained_points = None  # LOO at "trained" and "trained-head" for pooled detection (cached)
         self.linearize_settings = {}
         self.trust = None
 
@@ -398,7 +399,8 @@ class Pipeline:
                                           allow=new.config.allow_unstable_lr)
         new.damping = influence_damping(new.lr, new.config.steps, new.config.weight_decay)
         new.kernel = kernel_for(new.X.shape[0], new.Y.shape[1], new.config.kernel)
-        new._trained, new._point, new._crossfit, new.linearize_settings, new.trust = None, None, None, {}, None
+        new._trained, new._point, new.linearize_settings, new.trust = None, None, {}, None
+        new._crossfit = new._trained_points = None
         return new
 
     def _build(self, name, width, seed, num_outputs=None):
@@ -476,9 +478,9 @@ class Pipeline:
                                                       allow=self.config.allow_unstable_lr)
 
     def replace_inputs(self, X) -> None:
-        """Train and score on ``X`` instead (e.g. with adversarial examples); forgets the trained network."""
+        """Train and score on ``X`` instead (e.g. with adversarial examples); forgets the trained networks."""
         self.X = np.asarray(X)
-        self._trained = self._crossfit = None
+        self._trained = self._crossfit = self._trained_points = None
 
     def trained(self):
         """The real network after ``steps`` full-batch GD steps on (X, Y) (``ntk_info.training.train``), cached."""
@@ -562,6 +564,31 @@ class Pipeline:
                     self.model.apply_fn, self.params0, self.X, labels, self.data.X_val, self.data.y_val,
                     num_classes=self.data.num_classes, folds=folds, seed=c.seed, progress=self.progress)
         return self._crossfit
+
+    def trained_points(self):
+        """(ScoreResult at "trained", ScoreResult at "trained-head"), cached: one network trained with Adam and
+        early stopping on the validation half (``ntk_info.linearize.linearization_point``), linearized at its
+        weights and at its body with a fresh head (seed + 1), t = ∞ with λ by exact LOO
+        (``ntk_info.linearize.score_at``). With :meth:`crossfit`, the left-out models that pooled detection
+        averages."""
+        from ntk_info.linearize import linearization_point, score_at
+        from ntk_info.training import reinit_head, targets
+
+        if self._trained_points is None:
+            c = self.config
+            with self.stage("Adam network (pooled)"):
+                point = linearization_point("trained", self.params0, self.X, self.Y, self.data.X_val,
+                                            targets(self.data.y_val, self.data.num_classes), model=self.model,
+                                            train_options={"seed": c.seed})
+            head = reinit_head(self.model, point.params, c.seed + 1, input_shape=tuple(self.X.shape[1:]))
+            results = []
+            for name, params in (("trained", point.params), ("trained-head", head)):
+                with self.stage(f"LOO at {name} (pooled)"):
+                    results.append(score_at(self.model.apply_fn, params, self.X, self.Y, None,
+                                            coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
+                                            kernel=self.kernel, progress=self.progress))
+            self._trained_points = tuple(results)
+        return self._trained_points
 
     def _score_linearized(self):
         """Scores of the network linearized at Adam-trained weights (``config.linearize`` "trained" or

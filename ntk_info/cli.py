@@ -515,6 +515,15 @@ def _detect(run, methods):
 
     pipe = run.pipe
     extra_settings = {}
+    in_memory = [m for m in methods if m in ("crossfit", "pooled")]
+    if in_memory and pipe.kernel == "streamed":  # decided before any work: they keep features in memory
+        if run.args.methods != ",".join(DETECT_METHODS):
+            raise CLIError(f"--methods {','.join(in_memory)}: the cross-fitted and trained points keep their "
+                           f"features in memory, which at {pipe.X.shape[0]} samples needs --kernel trace (or drop "
+                           f"{' and '.join(in_memory)})")
+        methods = [m for m in methods if m not in in_memory]
+        print(f"ntk-info: note: {' and '.join(in_memory)} skipped: the streamed kernel ({pipe.X.shape[0]} samples) "
+              "keeps no features in memory; pass --kernel trace to run them", file=sys.stderr)
     bad_name, is_bad = "is_noisy", run.data.is_noisy
     if run.args.adversarial:
         from ntk_info.data import fgsm

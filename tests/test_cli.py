@@ -241,3 +241,16 @@ def test_detect_needs_something_to_detect(tmp_path, capsys):
 def test_sources_needs_sources(tmp_path, capsys):
     status, _, err = _run(capsys, "sources", "--out", str(tmp_path / "s"), *TINY)
     assert status == 2 and "has no source or group" in err
+
+
+def test_detect_with_the_streamed_kernel_refuses_or_skips_the_in_memory_detectors(tmp_path, capsys):
+    status, _, err = _run(capsys, "detect", "--out", str(tmp_path / "a"), *TINY, "--trust-samples", "0",
+                          "--kernel", "streamed", "--methods", "loo_margin,pooled")
+    assert status == 2 and "--methods pooled: the cross-fitted and trained points keep their features" in err
+    assert not os.path.exists(tmp_path / "a")
+    status, _, err = _run(capsys, "detect", "--out", str(tmp_path / "b"), *TINY, "--trust-samples", "0",
+                          "--kernel", "streamed")
+    assert status == 0, err
+    assert "crossfit and pooled skipped: the streamed kernel (60 samples)" in err
+    methods = {r["method"] for r in read_csv(os.path.join(tmp_path / "b", "detection.csv"))}
+    assert "loo_margin" in methods and not methods & {"crossfit", "pooled"}

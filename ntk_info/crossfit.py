@@ -6,8 +6,8 @@ label still predicts it. Cross-fitting removes it from both: the training set is
 network k is trained (Adam, early stopping) without fold k, and a sample of fold k is scored by the
 linearized model around w*_k fine-tuned on every other training sample, left out exactly:
 
-    f_{-i}(x_i) = f(x_i; w*_k) + J_k(x_i) Δw_{-i},   Δw_{-i} = argmin Σ_{j≠i} ½||y_j - f(x_j; w*_k) - J_k(x_j)Δw||²
-                                                                   + (λ_k/2)||Δw||²     (i in fold k, t = ∞)
+    f_{-i}(x_i) = f(x_i; w*_k) + J_k(x_i) Δw_{-i}                                    (i in fold k, t = ∞)
+    Δw_{-i} = argmin_Δw Σ_{j≠i} ½||y_j - f(x_j; w*_k) - J_k(x_j)Δw||² + (λ_k/2)||Δw||²
 
 (``ntk_info.leave_one_out`` with a λ grid, one factorization per fold). λ_k is chosen per fold by the
 held-out fold's LOO negative log-likelihood of the given labels (softmax of the outputs at a fitted
@@ -80,6 +80,11 @@ def crossfit_leave_one_out(apply_fn: Callable, params0, X, labels, X_val, labels
 
     labels = np.asarray(labels)
     n = labels.shape[0]
+    for name, values in (("labels", labels), ("labels_val", np.asarray(labels_val))):
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer) or values.min(initial=0) < 0 \
+                or values.max(initial=0) >= num_classes:
+            raise ValueError(f"{name}: expected a 1-D array of integer classes in [0, {num_classes}), got "
+                             f"dtype {values.dtype}, shape {values.shape}")
     if np.shape(X)[0] != n:
         raise ValueError(f"labels: expected one label per training input ({np.shape(X)[0]}), got {n}")
     if not (isinstance(folds, (int, np.integer)) and folds >= 2):

@@ -46,8 +46,8 @@ class TrainedNetwork:
     """A network trained by :func:`train_adam`.
 
     ``params``: the weights of the epoch with the lowest validation loss (early stopping);
-    ``best_epoch``, ``epochs`` (epochs run); ``train_loss``, ``val_loss`` (epochs,) mean ½||f - y||²
-    per sample after every epoch; ``aum`` (n,) the area under the margin (Pleiss et al. 2020): the
+    ``best_epoch``, ``epochs`` (epochs run); ``train_loss``, ``val_loss`` (epochs,) the mean loss per
+    sample (½||f - y||² or cross-entropy, ``settings["loss"]``) after every epoch; ``aum`` (n,) the area under the margin (Pleiss et al. 2020): the
     mean over epochs 1..``epochs`` of f_y(x_i) - max_{c≠y} f_c(x_i), recorded for one-hot targets
     (None otherwise); ``seconds``; ``settings``.
     """

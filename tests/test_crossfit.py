@@ -35,7 +35,8 @@ def _blobs(seed, n, k=3, d=4, noise=0.0):
 
 
 def _ridge_loo_output(apply_fn, w_p, X, Y, i, lam):
-    """f_{p,-i}(x_i): the linearized model at w_p fitted to every sample but i, (JᵀJ + λI)δ = Jᵀr, in weight space."""
+    """f_{p,-i}(x_i): the linearized model at w_p fitted to every sample but i: (JᵀJ + λI)δ = Jᵀr in weight
+    space."""
     flat, unravel = ravel_pytree(w_p)
     keep = np.arange(len(X)) != i
     J = np.asarray(jax.jacobian(lambda v: apply_fn(unravel(v), jnp.asarray(X[keep])).reshape(-1))(flat))
@@ -98,6 +99,8 @@ def test_crossfit_bad_arguments_name_themselves():
         crossfit_leave_one_out(model.apply_fn, params0, X, labels[:-1], X, labels, num_classes=3)
     with pytest.raises(ValueError, match="folds: expected an integer >= 2"):
         crossfit_leave_one_out(model.apply_fn, params0, X, labels, X, labels, num_classes=3, folds=1)
+    with pytest.raises(ValueError, match=r"labels: expected a 1-D array of integer classes in \[0, 3\)"):
+        crossfit_leave_one_out(model.apply_fn, params0, X, labels + 1, X, labels, num_classes=3, folds=2)
     with pytest.raises(ValueError, match="ridge_grid"):
         crossfit_leave_one_out(model.apply_fn, params0, X, labels, X, labels, num_classes=3, folds=2,
                                ridge_grid=[0.0])

@@ -155,9 +155,10 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_previous_results(tmp_path,
     out = tmp_path / "r"
     assert _run(capsys, "score", "--out", str(out), *SMALL)[0] == 0
     before = {f: (out / f).read_bytes() for f in _files(out)}
-    # a run long enough (500 samples, 12 trust retrainings) that the interrupt lands before it ends, even on a
-    # machine so loaded that this process sleeps for seconds between reading its output and sending SIGINT
-    proc = _ntk_info("score", "--out", str(out), "--force", "--seed", "1", *SMALL, "--n-train", "500")
+    # Ctrl-C as in a terminal: SIGINT at its default even when this test runs in a background job (which
+    # inherits SIGINT ignored, and so would its child); 500 samples keep the run going until the interrupt lands
+    proc = _ntk_info("score", "--out", str(out), "--force", "--seed", "1", *SMALL, "--n-train", "500",
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "[estimate lr]" not in seen:  # interrupt once the run is under way (its temporary folder exists)
         line = proc.stderr.readline()

@@ -463,28 +463,47 @@ def _score_cmd(args, stages):
 
 
 def _detection_scores(run, result, methods):
-    """Every requested detector's per-sample scores (higher = more suspicious)."""
+    """(scores, columns, settings, loo): every requested detector's per-sample scores (higher = more suspicious);
+    the scores.csv columns of the left-out predictions behind them and their settings, each computed once; and
+    ``apps.detect.loo_detection_scores`` of ``result``."""
     from ntk_info.apps import detect
     from ntk_info.apps.pipeline import ConfigError, base_scores
 
-    pipe = run.pipe
+    pipe, labels = run.pipe, run.data.labels
     out = base_scores(result, [m for m in methods if m in ("fsi", "si", "loo_residual")])
-    loo = detect.loo_detection_scores(result, run.data.labels)
+    loo = detect.loo_detection_scores(result, labels)  # the whole LOO prediction, always in scores.csv
+    columns = {"loo_margin": loo["loo_margin"], "loo_prob_given": loo["loo_prob_given"],
+               "suggested_label": run.data.label_text(loo["suggested_label"])}
+    settings = {"loo_temperature": loo["loo_temperature"]}
     if "loo_margin" in methods:
         out["loo_margin"] = -loo["loo_margin"]
     if "loo_prob" in methods:
         out["loo_prob"] = -loo["loo_prob_given"]
     if {"crossfit", "pooled"} & set(methods):
         try:
-            cross = detect.loo_output_scores(pipe.crossfit().loo_outputs, run.data.labels)["loo_log_prob_given"]
+            crossfit = pipe.crossfit()
         except ConfigError as err:
             raise _option_error(err) from None
+        cross = detect.loo_output_scores(crossfit.loo_outputs, labels)
+        columns.update(crossfit_log_prob_given=cross["loo_log_prob_given"],
+                       crossfit_suggested_label=run.data.label_text(cross["suggested_label"]),
+                       crossfit_fold=crossfit.fold)
+        settings["crossfit"] = {**crossfit.settings, "loo_temperature": cross["loo_temperature"]}
         if "crossfit" in methods:
-            out["crossfit"] = -cross
+            out["crossfit"] = -cross["loo_log_prob_given"]
         if "pooled" in methods:
-            points = [detect.loo_detection_scores(r, run.data.labels)["loo_log_prob_given"]
-                      for r in pipe.trained_points()]
-            out["pooled"] = -detect.pooled_log_prob([*points, cross])
+            at_trained, at_head = pipe.trained_points()
+            trained, head = (detect.loo_detection_scores(r, labels)["loo_log_prob_given"]
+                             for r in (at_trained, at_head))
+            pooled = detect.pooled_log_prob([trained, head, cross["loo_log_prob_given"]])
+            out["pooled"] = -pooled
+            columns.update(trained_log_prob_given=trained, trained_head_log_prob_given=head,
+                           pooled_log_prob_given=pooled)
+            settings["pooled"] = {
+                "rule": "mean of the LOO log-probabilities of the given label at the trained, trained-head and "
+                        "cross-fitted points (whatever --linearize scores)",
+                "weight_decay_trained": at_trained.settings["weight_decay"],
+                "weight_decay_trained_head": at_head.settings["weight_decay"]}
     params = pipe.trained() if {"influence", "mpe", "train_loss"} & set(methods) else None
     if "train_loss" in methods:
         out["train_loss"] = detect.training_loss(pipe.model.apply_fn, params, pipe.X, pipe.Y)
@@ -498,7 +517,7 @@ def _detection_scores(run, result, methods):
         with run.stages("cleanlab (5-fold MLP 256)"):
             out["cleanlab"] = detect.cleanlab_scores(pipe.X, run.data.labels, num_classes=run.data.num_classes,
                                                      seed=pipe.config.seed)
-    return out
+    return out, columns, settings, loo
 
 
 def _parse_methods(text):
@@ -538,7 +557,7 @@ def _detect(run, methods):
         extra_settings.update(fgsm_eps=adv.eps, fgsm_step=adv.step, fgsm_clip=adv.clip,
                               fgsm_success_rate=adv.success_rate, adversarial=int(adv.is_adversarial.sum()))
     result = pipe.score()
-    scores = _detection_scores(run, result, methods)
+    scores, columns, settings, loo = _detection_scores(run, result, methods)
     rows = detect.detection_metrics(scores, is_bad)
     for r in rows:
         r["bad"] = bad_name
@@ -546,26 +565,8 @@ def _detect(run, methods):
     print(_format_table(rows, ("method", "auroc", "ap", "found_top10", "found_top20")))
     extra = {k: v for k, v in scores.items() if k not in ("fsi", "si", "loo_residual", "loo_margin", "loo_prob",
                                                           "crossfit", "pooled")}
-    loo = detect.loo_detection_scores(result, run.data.labels)  # the whole LOO prediction, always in scores.csv
-    extra.update(loo_margin=loo["loo_margin"], loo_prob_given=loo["loo_prob_given"],
-                 suggested_label=run.data.label_text(loo["suggested_label"]))
-    extra_settings["loo_temperature"] = loo["loo_temperature"]
-    if pipe.crossfit_result is not None:
-        cross = detect.loo_output_scores(pipe.crossfit_result.loo_outputs, run.data.labels)
-        extra.update(crossfit_log_prob_given=cross["loo_log_prob_given"],
-                     crossfit_suggested_label=run.data.label_text(cross["suggested_label"]),
-                     crossfit_fold=pipe.crossfit_result.fold)
-        extra_settings["crossfit"] = {**pipe.crossfit_result.settings, "loo_temperature": cross["loo_temperature"]}
-    if "pooled" in scores:
-        trained, head = (detect.loo_detection_scores(r, run.data.labels)["loo_log_prob_given"]
-                         for r in pipe.trained_points())
-        extra.update(trained_log_prob_given=trained, trained_head_log_prob_given=head,
-                     pooled_log_prob_given=-scores["pooled"])
-        extra_settings["pooled"] = {
-            "rule": "mean of the LOO log-probabilities of the given label at the trained, trained-head and "
-                    "cross-fitted points (whatever --linearize scores)",
-            "weight_decay_trained": pipe.trained_points()[0].settings["weight_decay"],
-            "weight_decay_trained_head": pipe.trained_points()[1].settings["weight_decay"]}
+    extra.update(columns)
+    extra_settings.update(settings)
     if run.args.clean != "none":
         extra_settings["clean"], run.cleaned = _clean(run, loo)
     if bad_name == "is_adversarial":

@@ -576,13 +576,16 @@ class Pipeline:
 
         if self._trained_points is None:
             c = self.config
-            with self.stage("Adam network (pooled)"):
-                point = linearization_point("trained", self.params0, self.X, self.Y, self.data.X_val,
-                                            targets(self.data.y_val, self.data.num_classes), model=self.model,
-                                            train_options={"seed": c.seed})
-            head = reinit_head(self.model, point.params, c.seed + 1, input_shape=tuple(self.X.shape[1:]))
+            if c.linearize in ("trained", "trained-head"):  # the same Adam network :meth:`linearization` trained
+                trained = self.linearization().trained.params
+            else:
+                with self.stage("Adam network (pooled)"):
+                    trained = linearization_point("trained", self.params0, self.X, self.Y, self.data.X_val,
+                                                  targets(self.data.y_val, self.data.num_classes), model=self.model,
+                                                  train_options={"seed": c.seed}).params
+            head = reinit_head(self.model, trained, c.seed + 1, input_shape=tuple(self.X.shape[1:]))
             results = []
-            for name, params in (("trained", point.params), ("trained-head", head)):
+            for name, params in (("trained", trained), ("trained-head", head)):
                 with self.stage(f"LOO at {name} (pooled)"):
                     results.append(score_at(self.model.apply_fn, params, self.X, self.Y, None,
                                             coords_per_layer=c.coords_per_layer, seed=c.seed, method=c.projection,
